@@ -1,0 +1,1 @@
+"""Shared test support for this repository's vLLM platform plugins."""

@@ -1,0 +1,56 @@
+"""vllm-cpu-sim: vLLM's V1 engine on the CPU through the out-of-tree platform path."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
+
+__version__ = "0.1.0"
+
+PLATFORM = "vllm_cpu_sim.platform.CpuSimPlatform"
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger inside vLLM's ``vllm`` hierarchy, so vLLM's handlers and
+    ``VLLM_LOGGING_LEVEL`` apply to this plugin's messages too."""
+    from vllm.logger import init_logger
+
+    return init_logger(f"vllm.{name}")
+
+
+def _accelerator_visible() -> bool:
+    import torch
+
+    for name in ("cuda", "xpu"):
+        backend = getattr(torch, name, None)
+        try:
+            if backend is not None and backend.is_available():
+                return True
+        except Exception:  # a broken driver is not an accelerator we can use
+            continue
+    return False
+
+
+def register() -> str | None:
+    """The ``vllm.platform_plugins`` entry point.
+
+    Active by default so that ``vllm serve`` works with no flag on a machine
+    without an accelerator. ``VLLM_CPU_SIM=0`` keeps it off; ``VLLM_CPU_SIM=1``
+    forces it on even where a GPU is visible. Another plugin can be chosen
+    with ``VLLM_PLUGINS``, which stops this one from loading at all.
+    """
+    choice = os.environ.get("VLLM_CPU_SIM", "").strip().lower()
+    if choice in ("0", "false", "off", "no"):
+        return None
+    if choice in ("1", "true", "on", "yes"):
+        return PLATFORM
+    if choice:
+        # vLLM swallows exceptions raised here, so say it loudly instead.
+        get_logger(__name__).warning(
+            "VLLM_CPU_SIM=%r is not understood (use 1 or 0); cpu_sim stays inactive", choice
+        )
+        return None
+    return None if _accelerator_visible() else PLATFORM

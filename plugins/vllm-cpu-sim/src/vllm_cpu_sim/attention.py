@@ -1,0 +1,284 @@
+"""Paged-KV attention in pure PyTorch.
+
+K and V are written into the paged cache through ``slot_mapping`` and read
+back through the block table, so prefill, decode, chunked prefill and
+prefix-cache hits all take the same path: every query token attends to the
+cached keys of its request up to its own position.
+
+The batch arrives reordered by vLLM with decodes (one query token) first.
+Decodes run as one batched matrix product over their gathered context;
+the remaining requests (prefills, chunks, prefix-cache hits) are padded to the
+longest query in that part and run as one masked ``scaled_dot_product_attention``.
+All index tensors are built once per step in the metadata builder and shared
+by every layer, so no Python loop runs over requests or tokens in the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from vllm.config import VllmConfig
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionLayer,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+from vllm.v1.attention.backends.registry import register_backend
+from vllm.v1.attention.backends.utils import split_decodes_and_prefills
+from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheLayout
+
+
+# vLLM looks backends up by name in its registry; a dynamic entry is how an
+# out-of-tree backend gets one.
+@register_backend("CPU_SIM_ATTN")
+class CpuSimAttentionBackend(AttentionBackend):
+    # vLLM calls do_kv_cache_update before forward, as a separate op.
+    forward_includes_kv_cache_update: bool = False
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.bfloat16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list] = ["auto", "bfloat16", "float32"]
+
+    @staticmethod
+    def get_name() -> str:
+        return "CPU_SIM_ATTN"
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list[int | MultipleOf]:
+        return [MultipleOf(1)]
+
+    @classmethod
+    def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
+        # Block, then token, then head: the slots of one block are contiguous,
+        # so the cache flattens to [slots, heads, 2 * head_size] without a copy.
+        return (KVCacheLayout.LBNHC,)
+
+    @staticmethod
+    def get_impl_cls() -> type[CpuSimAttentionImpl]:
+        return CpuSimAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[CpuSimAttentionMetadataBuilder]:
+        return CpuSimAttentionMetadataBuilder
+
+
+@dataclass
+class _Part:
+    """Index tensors for one part of the batch (decodes or the rest)."""
+
+    # [R, S] cache slot of each context position; invalid positions point at 0.
+    kv_slots: torch.Tensor
+    # [R, Q, S] True where a query may attend to a context position.
+    mask: torch.Tensor
+    # [R, Q] index of each padded query row in the flat token batch; padding
+    # rows repeat a valid index and are dropped by ``query_valid``.
+    query_index: torch.Tensor
+    # [R, Q] True for real query rows.
+    query_valid: torch.Tensor
+    # first flat token of this part and its number of tokens
+    token_start: int
+    num_tokens: int
+
+
+@dataclass
+class CpuSimAttentionMetadata:
+    num_actual_tokens: int
+    slot_mapping: torch.Tensor
+    decode: _Part | None
+    prefill: _Part | None
+
+
+def _build_part(
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_table: torch.Tensor,
+    block_size: int,
+    token_offset: int,
+    causal: bool,
+) -> _Part:
+    query_lens = query_start_loc[1:] - query_start_loc[:-1]
+    context_lens = seq_lens - query_lens  # tokens already in the cache
+    max_q = int(query_lens.max())
+    max_s = int(seq_lens.max())
+    positions = torch.arange(max_s, dtype=torch.int64)
+    blocks = block_table[:, : (max_s + block_size - 1) // block_size].to(torch.int64)
+    kv_slots = blocks.gather(1, (positions // block_size).expand(len(seq_lens), -1))
+    kv_slots = kv_slots * block_size + positions % block_size
+    kv_valid = positions[None, :] < seq_lens[:, None]
+    kv_slots = torch.where(kv_valid, kv_slots, 0)
+
+    rows = torch.arange(max_q, dtype=torch.int64)
+    query_valid = rows[None, :] < query_lens[:, None]
+    query_index = query_start_loc[:-1, None].to(torch.int64) + rows[None, :]
+    query_index = torch.where(query_valid, query_index, query_start_loc[:-1, None])
+    mask = kv_valid[:, None, :].expand(-1, max_q, -1)
+    if causal:
+        query_pos = context_lens[:, None] + rows[None, :]  # absolute position
+        mask = mask & (positions[None, None, :] <= query_pos[:, :, None])
+    # Padding rows get one visible key so softmax stays finite; they are dropped.
+    mask = mask | ~query_valid[:, :, None] & (positions == 0)[None, None, :]
+    return _Part(
+        kv_slots=kv_slots,
+        mask=mask,
+        query_index=query_index + token_offset,
+        query_valid=query_valid,
+        token_start=token_offset + int(query_start_loc[0]),
+        num_tokens=int(query_start_loc[-1] - query_start_loc[0]),
+    )
+
+
+class CpuSimAttentionMetadataBuilder(AttentionMetadataBuilder[CpuSimAttentionMetadata]):
+    def __init__(
+        self,
+        kv_cache_spec: AttentionSpec,
+        layer_names: list[str],
+        vllm_config: VllmConfig,
+        device: torch.device,
+    ) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.block_size = kv_cache_spec.block_size
+        # Ask vLLM to put single-token requests (decodes) first in the batch.
+        self._init_reorder_batch_threshold(1)
+
+    def build(
+        self,
+        common_prefix_len: int,
+        common_attn_metadata: CommonAttentionMetadata,
+        fast_build: bool = False,
+    ) -> CpuSimAttentionMetadata:
+        return build_metadata(common_attn_metadata, self.block_size)
+
+
+def build_metadata(meta: CommonAttentionMetadata, block_size: int) -> CpuSimAttentionMetadata:
+    """Split a reordered batch into its decodes and the rest, and index both."""
+    causal = meta.causal
+    if isinstance(causal, torch.Tensor):
+        raise NotImplementedError("cpu_sim attention has no per-request causality")
+    num_decodes, _, num_decode_tokens, _ = split_decodes_and_prefills(meta, decode_threshold=1)
+    num_reqs = meta.num_reqs
+    qsl = meta.query_start_loc_cpu[: num_reqs + 1].to(torch.int64)
+    seq_lens = meta.seq_lens[:num_reqs].to("cpu", torch.int64)
+    table = meta.block_table_tensor[:num_reqs]
+
+    decode = prefill = None
+    if num_decodes:
+        decode = _build_part(
+            qsl[: num_decodes + 1], seq_lens[:num_decodes], table[:num_decodes],
+            block_size, 0, bool(causal),
+        )
+    if num_decodes < num_reqs:
+        rest = qsl[num_decodes:] - qsl[num_decodes]
+        prefill = _build_part(
+            rest, seq_lens[num_decodes:], table[num_decodes:], block_size,
+            num_decode_tokens, bool(causal),
+        )
+    return CpuSimAttentionMetadata(
+        num_actual_tokens=meta.num_actual_tokens,
+        slot_mapping=meta.slot_mapping,
+        decode=decode,
+        prefill=prefill,
+    )
+
+
+def _flat_cache(kv_cache: torch.Tensor) -> torch.Tensor:
+    """View the [blocks, heads, block_size, 2*head] layer cache as [slots, heads, 2*head]."""
+    blocks, heads, block_size, width = kv_cache.shape
+    return kv_cache.permute(0, 2, 1, 3).view(blocks * block_size, heads, width)
+
+
+class CpuSimAttentionImpl(AttentionImpl):
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        alibi_slopes: list[float] | None = None,
+        sliding_window: int | None = None,
+        kv_cache_dtype: str = "auto",
+        logits_soft_cap: float | None = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        sinks: torch.Tensor | None = None,
+    ) -> None:
+        unsupported = {
+            "ALiBi": alibi_slopes is not None,
+            "sliding window": sliding_window is not None,
+            "logits soft cap": bool(logits_soft_cap),
+            "attention sinks": sinks is not None,
+            f"attention type {attn_type}": attn_type != AttentionType.DECODER,
+        }
+        missing = [name for name, used in unsupported.items() if used]
+        if missing:
+            raise NotImplementedError(
+                f"cpu_sim attention does not support {', '.join(missing)}"
+            )
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+
+    def do_kv_cache_update(
+        self,
+        layer: torch.nn.Module,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        n = slot_mapping.shape[0]
+        cache = _flat_cache(kv_cache)
+        # Slots of -1 mark padding tokens that own no cache entry.
+        slots = slot_mapping.to(torch.int64)
+        keep = slots >= 0
+        if not bool(keep.all()):
+            slots, key, value = slots[keep], key[:n][keep], value[:n][keep]
+        cache[slots, :, : self.head_size] = key[: slots.shape[0]]
+        cache[slots, :, self.head_size :] = value[: slots.shape[0]]
+
+    def _attend(self, query: torch.Tensor, cache: torch.Tensor, part: _Part,
+                output: torch.Tensor) -> None:
+        kv = cache[part.kv_slots]  # [R, S, Hkv, 2D]
+        k = kv[..., : self.head_size].transpose(1, 2)  # [R, Hkv, S, D]
+        v = kv[..., self.head_size :].transpose(1, 2)
+        q = query[part.query_index].transpose(1, 2)  # [R, Hq, Q, D]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=part.mask[:, None], scale=self.scale,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # [R, Hq, Q, D]
+        out = out.transpose(1, 2)[part.query_valid]  # [tokens, Hq, D]
+        output[part.token_start : part.token_start + part.num_tokens] = out.reshape(
+            part.num_tokens, -1
+        ).to(output.dtype)
+
+    def forward(
+        self,
+        layer: AttentionLayer,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: CpuSimAttentionMetadata | None,
+        output: torch.Tensor,
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("cpu_sim attention has no fused output quantization")
+        if attn_metadata is None:  # profiling run: no cache bound yet
+            return output
+        cache = _flat_cache(kv_cache)
+        query = query.view(-1, self.num_heads, self.head_size)
+        out = output.view(output.shape[0], -1)
+        for part in (attn_metadata.decode, attn_metadata.prefill):
+            if part is not None:
+                self._attend(query, cache, part, out)
+        return output

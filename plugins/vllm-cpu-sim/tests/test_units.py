@@ -1,0 +1,254 @@
+"""The plugin's parts checked against plain math, without an engine."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vllm_cpu_sim.attention import CpuSimAttentionImpl, build_metadata
+from vllm_cpu_sim.envs import SimConfig, parse_bytes
+from vllm_cpu_sim.kernels import compute_slot_mapping
+
+BLOCK = 4
+HEADS, KV_HEADS, HEAD = 6, 2, 8
+
+
+# ---------------------------------------------------------------- settings
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("512MiB", 512 << 20), ("2GiB", 2 << 30), ("1.5 GiB", 3 << 29), ("1000", 1000),
+    ("3gb", 3 * 1000**3), (4096, 4096),
+])
+def test_parse_bytes(text, size):
+    assert parse_bytes(text, "X") == size
+
+
+@pytest.mark.parametrize("text", ["lots", "-1GiB", "0", "12 parsecs", ""])
+def test_parse_bytes_names_the_setting(text):
+    with pytest.raises(ValueError, match="MY_SETTING"):
+        parse_bytes(text, "MY_SETTING")
+
+
+def test_additional_config_wins_over_env(monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_SIM_DEVICE_MEMORY", "1GiB")
+    assert SimConfig.load().device_memory == 1 << 30
+    assert SimConfig.load({"cpu_sim": {"device_memory": "3GiB"}}).device_memory == 3 << 30
+
+
+def test_unknown_additional_config_key_is_refused():
+    with pytest.raises(ValueError, match="unknown additional_config.cpu_sim keys.*memory"):
+        SimConfig.load({"cpu_sim": {"memory": "1GiB"}})
+
+
+def test_bad_thread_count_is_refused(monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_SIM_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="VLLM_CPU_SIM_NUM_THREADS"):
+        SimConfig.load()
+
+
+# ---------------------------------------------------------------- selection
+
+def test_register_follows_selection(monkeypatch):
+    import vllm_cpu_sim
+
+    monkeypatch.setenv("VLLM_CPU_SIM", "0")
+    assert vllm_cpu_sim.register() is None
+    monkeypatch.setenv("VLLM_CPU_SIM", "1")
+    assert vllm_cpu_sim.register() == "vllm_cpu_sim.platform.CpuSimPlatform"
+    monkeypatch.setenv("VLLM_CPU_SIM", "maybe")
+    assert vllm_cpu_sim.register() is None
+    monkeypatch.delenv("VLLM_CPU_SIM")
+    monkeypatch.setattr(vllm_cpu_sim, "_accelerator_visible", lambda: True)
+    assert vllm_cpu_sim.register() is None
+    monkeypatch.setattr(vllm_cpu_sim, "_accelerator_visible", lambda: False)
+    assert vllm_cpu_sim.register() == "vllm_cpu_sim.platform.CpuSimPlatform"
+
+
+# ---------------------------------------------------------------- slot mapping
+
+def test_slot_mapping_matches_block_table_lookup():
+    torch.manual_seed(0)
+    table = torch.randint(0, 50, (5, 8), dtype=torch.int32)
+    query_lens = [3, 1, 7, 2]
+    starts = [0, 5, 11, 2]  # tokens already computed per request
+    qsl = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, query_lens)])
+    slots = torch.full((20,), 123, dtype=torch.int64)
+    compute_slot_mapping(int(qsl[-1]), 16, qsl, positions, table, 8, slots, BLOCK)
+    expected = [int(table[r, p // BLOCK]) * BLOCK + p % BLOCK
+                for r, (s, n) in enumerate(zip(starts, query_lens)) for p in range(s, s + n)]
+    assert slots[: len(expected)].tolist() == expected
+    assert slots[len(expected):16].eq(-1).all()  # padding up to max_num_tokens
+    assert slots[16:].eq(123).all()  # nothing written past it
+
+
+# ---------------------------------------------------------------- attention
+
+def _paged_cache(num_blocks: int, dtype=torch.float32) -> torch.Tensor:
+    """A [blocks, kv_heads, block_size, 2*head] view over LBNHC memory, as vLLM allocates it."""
+    return torch.zeros(num_blocks, BLOCK, KV_HEADS, 2 * HEAD, dtype=dtype).permute(0, 2, 1, 3)
+
+
+def _reference(q, keys, values, context_len):
+    """Causal attention of one request: q [Q, H, D], keys/values [S, Hkv, D]."""
+    groups = HEADS // KV_HEADS
+    k = keys.repeat_interleave(groups, dim=1).transpose(0, 1)
+    v = values.repeat_interleave(groups, dim=1).transpose(0, 1)
+    scores = q.transpose(0, 1) @ k.transpose(1, 2) / HEAD**0.5  # [H, Q, S]
+    q_pos = context_len + torch.arange(q.shape[0])
+    mask = torch.arange(keys.shape[0])[None, :] <= q_pos[:, None]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(0, 1)  # [Q, H, D]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mixed_batch_matches_dense_attention(dtype):
+    """Decodes, a fresh prefill, a prefix-cache hit and a chunk in one batch."""
+    torch.manual_seed(0)
+    # (context already cached, new query tokens); decodes first, as vLLM orders them
+    requests = [(9, 1), (3, 1), (0, 6), (8, 5), (5, 3)]
+    num_blocks = 40
+    cache = _paged_cache(num_blocks, dtype)
+    perm = torch.randperm(num_blocks)
+    table = torch.zeros(len(requests), 8, dtype=torch.int32)
+    keys, values, queries, slots = [], [], [], []
+    next_block = 0
+    impl = CpuSimAttentionImpl(HEADS, HEAD, HEAD**-0.5, KV_HEADS)
+    for r, (ctx, new) in enumerate(requests):
+        total = ctx + new
+        nblocks = -(-total // BLOCK)
+        table[r, :nblocks] = perm[next_block: next_block + nblocks].to(torch.int32)
+        next_block += nblocks
+        k = torch.randn(total, KV_HEADS, HEAD).to(dtype)
+        v = torch.randn(total, KV_HEADS, HEAD).to(dtype)
+        keys.append(k)
+        values.append(v)
+        queries.append(torch.randn(new, HEADS, HEAD).to(dtype))
+        pos = torch.arange(total)
+        req_slots = table[r, pos // BLOCK].to(torch.int64) * BLOCK + pos % BLOCK
+        # the cached context was written by earlier steps
+        impl.do_kv_cache_update(None, k[:ctx], v[:ctx], cache, req_slots[:ctx])
+        slots.append(req_slots[ctx:])
+    query_lens = torch.tensor([new for _, new in requests])
+    qsl = torch.cat([torch.zeros(1, dtype=torch.int64), query_lens.cumsum(0)])
+    meta = SimpleNamespace(
+        causal=True, num_reqs=len(requests), num_actual_tokens=int(qsl[-1]),
+        max_query_len=int(query_lens.max()), query_start_loc_cpu=qsl,
+        seq_lens=torch.tensor([c + n for c, n in requests]), block_table_tensor=table,
+        slot_mapping=torch.cat(slots),
+    )
+    attn = build_metadata(meta, BLOCK)
+    assert attn.decode is not None and attn.decode.query_valid.shape[0] == 2
+    new_k = torch.cat([k[c:] for k, (c, _) in zip(keys, requests)])
+    new_v = torch.cat([v[c:] for v, (c, _) in zip(values, requests)])
+    impl.do_kv_cache_update(None, new_k, new_v, cache, attn.slot_mapping)
+    q = torch.cat(queries)
+    out = torch.full((q.shape[0], HEADS * HEAD), float("nan"), dtype=dtype)
+    impl.forward(None, q.view(-1, HEADS * HEAD), new_k, new_v, cache, attn, out)
+    expected = torch.cat([
+        _reference(qr.float(), k.float(), v.float(), ctx)
+        for qr, k, v, (ctx, _) in zip(queries, keys, values, requests)
+    ]).reshape(q.shape[0], -1)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
+
+
+def test_padding_slots_are_not_written():
+    cache = _paged_cache(2)
+    impl = CpuSimAttentionImpl(HEADS, HEAD, 1.0, KV_HEADS)
+    k = torch.ones(3, KV_HEADS, HEAD)
+    impl.do_kv_cache_update(None, k, 2 * k, cache, torch.tensor([5, -1, -1]))
+    flat = cache.permute(0, 2, 1, 3).reshape(2 * BLOCK, KV_HEADS, 2 * HEAD)
+    assert flat[5, :, :HEAD].eq(1).all() and flat[5, :, HEAD:].eq(2).all()
+    assert flat.abs().sum() == flat[5].abs().sum()  # nothing else written
+
+
+def test_unsupported_attention_features_are_refused():
+    with pytest.raises(NotImplementedError, match="sliding window"):
+        CpuSimAttentionImpl(HEADS, HEAD, 1.0, KV_HEADS, sliding_window=128)
+
+
+# ---------------------------------------------------------------- custom ops
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_matches_vllm_reference(dtype):
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    from vllm_cpu_sim.ops import CpuSimRMSNorm
+
+    with set_current_vllm_config(VllmConfig()):
+        norm = CpuSimRMSNorm(64, eps=1e-5, dtype=dtype)
+    torch.manual_seed(0)
+    norm.weight.data = torch.randn(64).to(dtype)
+    x = torch.randn(7, 64).to(dtype)
+    res = torch.randn(7, 64).to(dtype)
+    x32, w32 = x.float(), norm.weight.float()
+    expected = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype) * w32.to(dtype)
+    torch.testing.assert_close(norm.forward_oot(x), expected)
+    out, new_res = norm.forward_oot(x, res)
+    summed = x.float() + res.float()
+    torch.testing.assert_close(new_res, summed.to(dtype))
+    expected = (summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+    torch.testing.assert_close(out, expected * norm.weight)
+
+
+def test_rms_norm_is_registered_out_of_tree():
+    from vllm.model_executor.custom_op import op_registry_oot
+
+    import vllm_cpu_sim.ops  # noqa: F401
+
+    assert op_registry_oot["RMSNorm"].__name__ == "CpuSimRMSNorm"
+
+
+# ---------------------------------------------------------------- communicator
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _collectives(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from vllm_cpu_sim.communicator import CpuSimCommunicator
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    group = dist.new_group([0, 1], backend="gloo")
+    comm = CpuSimCommunicator(group, torch.device("cpu"), group, unique_name="tp:0")
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4) + 100 * rank
+    results[rank] = {
+        "all_reduce": comm.all_reduce(x.clone()),
+        "all_gather": comm.all_gather(x, dim=-1),
+        "reduce_scatter": comm.reduce_scatter(x[:, :4], dim=-1),
+        "all_gatherv": comm.all_gatherv(x[: rank + 1], dim=0, sizes=[1, 2]),
+    }
+    dist.destroy_process_group()
+
+
+def test_gloo_collectives_match_math():
+    ctx = torch.multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        results = manager.dict()
+        port = _free_port()
+        procs = [ctx.Process(target=_collectives, args=(r, port, results)) for r in (0, 1)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0
+        results = dict(results)
+    xs = [torch.arange(12, dtype=torch.float32).reshape(3, 4) + 100 * r for r in (0, 1)]
+    for rank in (0, 1):
+        got = results[rank]
+        torch.testing.assert_close(got["all_reduce"], xs[0] + xs[1])
+        torch.testing.assert_close(got["all_gather"], torch.cat(xs, dim=-1))
+        total = xs[0] + xs[1]
+        torch.testing.assert_close(got["reduce_scatter"], total[:, 2 * rank: 2 * rank + 2])
+        torch.testing.assert_close(got["all_gatherv"], torch.cat([xs[0][:1], xs[1][:2]]))
+
