@@ -48,8 +48,8 @@ VARIANTS = {
 
 
 def cache_root() -> Path:
-    """Where prepared models live: ``$VLLM_HARNESS_CACHE`` or the user cache."""
-    env = os.environ.get("VLLM_HARNESS_CACHE")
+    """Where prepared models live: ``$VLLM_PLUGINS_CACHE`` (shared with ci/) or the user cache."""
+    env = os.environ.get("VLLM_PLUGINS_CACHE")
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -24,7 +24,7 @@ def test_unsupported_dtype_is_refused(tiny_model_dir):
 
 
 def test_unparsable_memory_setting_is_named(tiny_model_dir):
-    with pytest.raises(ValueError, match="additional_config.cpu_sim.device_memory='lots'"):
+    with pytest.raises(ValueError, match=r"additional_config\.cpu_sim\.device_memory='lots'"):
         make_llm(tiny_model_dir, additional_config={"cpu_sim": {"device_memory": "lots"}})
 
 

@@ -27,7 +27,7 @@ def test_fp32_greedy_equals_transformers(llm_fp32, hf_greedy):
 
 @pytest.mark.xdist_group("fp32")
 def test_fp32_logprobs_match_transformers(llm_fp32, hf_model):
-    tokenizer, model = hf_model
+    _, model = hf_model
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=3,
                             prompt_logprobs=2)
     out = llm_fp32.generate(PROMPTS[:3], params)

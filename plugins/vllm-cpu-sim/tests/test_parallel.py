@@ -44,7 +44,7 @@ def test_tp2_multiprocessing_equals_tp1(tp2_model_dir, tp1_outputs):
 
 @pytest.fixture
 def ray_cluster() -> Iterator[str]:
-    """A one-node Ray cluster on loopback offering two simulated devices (logical GPUs), stopped afterwards."""
+    """A one-node Ray cluster on loopback with two simulated devices (logical GPUs)."""
     ray = shutil.which("ray")
     if ray is None:
         pytest.fail("the ray command is missing: install the plugin's test extra")

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vllm_cpu_sim.attention import CpuSimAttentionImpl, build_metadata
 from vllm_cpu_sim.envs import SimConfig, parse_bytes
@@ -40,7 +39,7 @@ def test_additional_config_wins_over_env(monkeypatch):
 
 
 def test_unknown_additional_config_key_is_refused():
-    with pytest.raises(ValueError, match="unknown additional_config.cpu_sim keys.*memory"):
+    with pytest.raises(ValueError, match=r"unknown additional_config\.cpu_sim keys.*memory"):
         SimConfig.load({"cpu_sim": {"memory": "1GiB"}})
 
 
@@ -187,7 +186,8 @@ def test_rms_norm_matches_vllm_reference(dtype):
     x = torch.randn(7, 64).to(dtype)
     res = torch.randn(7, 64).to(dtype)
     x32, w32 = x.float(), norm.weight.float()
-    expected = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype) * w32.to(dtype)
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)
+    expected = normed.to(dtype) * w32.to(dtype)
     torch.testing.assert_close(norm.forward_oot(x), expected)
     out, new_res = norm.forward_oot(x, res)
     summed = x.float() + res.float()

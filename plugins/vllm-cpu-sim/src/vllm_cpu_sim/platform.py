@@ -46,8 +46,8 @@ class CpuSimPlatform(Platform):
     ray_device_key: str = "GPU"
     device_control_env_var: str = "VLLM_CPU_SIM_VISIBLE_DEVICES"
     simple_compile_backend: str = "inductor"
-    supported_quantization: list[str] = []
-    additional_env_vars: list[str] = [
+    supported_quantization: list[str] = []  # noqa: RUF012 (vLLM declares it so)
+    additional_env_vars: list[str] = [  # noqa: RUF012
         "VLLM_CPU_SIM", "VLLM_CPU_SIM_DEVICE_MEMORY", "VLLM_CPU_SIM_NUM_THREADS",
     ]
 

@@ -125,7 +125,8 @@ class CpuSimWorker(CPUWorker):
                 f"The simulated device memory {capacity / GiB:.3f} GiB "
                 f"({ENV_MEMORY} or additional_config.cpu_sim.device_memory) × "
                 f"gpu_memory_utilization {self.cache_config.gpu_memory_utilization} "
-                f"leaves less than one KV block ({one_block} bytes) after {weights / GiB:.3f} GiB of "
+                f"leaves less than one KV block ({one_block} bytes) after "
+                f"{weights / GiB:.3f} GiB of "
                 f"weights and {reserve / GiB:.3f} GiB reserved for activations; "
                 f"raise {ENV_MEMORY}"
             )
