@@ -9,10 +9,12 @@ PY=${PYTHON:-python3}
 export VLLM_PLUGINS_CACHE=${VLLM_PLUGINS_CACHE:-$HOME/.cache/vllm-plugins}
 WHEELHOUSE=$VLLM_PLUGINS_CACHE/wheels
 VENV=${VENV:-$ROOT/.venv}
-# Pins that override any machine-wide pip constraint: never an unpinned torch.
+# The pinned stack, for this script and the tox environments it starts: never an
+# unpinned torch. The wheelhouse is given on the command line (tox.ini does the
+# same), which adds to pip's configured find-links instead of replacing them.
 export PIP_CONSTRAINT=$ROOT/ci/constraints.txt
-export PIP_FIND_LINKS=$WHEELHOUSE
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip_install() { pip install --quiet --find-links "$WHEELHOUSE" "$@"; }
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -24,8 +26,15 @@ fi
 . "$VENV/bin/activate"
 
 step "installing torch 2.13.0, vLLM's build tools and tox"
-pip install --quiet torch==2.13.0 setuptools-scm "setuptools<81" wheel packaging jinja2 \
+pip_install torch==2.13.0 setuptools-scm "setuptools<81" wheel packaging jinja2 \
     cmake ninja setuptools-rust "tox>=4.20"
+python - <<'PY'
+import sys, torch
+if torch.version.cuda is not None:
+    sys.exit(f"torch {torch.__version__} is a CUDA build; this project needs the CPU build "
+             "of torch 2.13.0 (on hosts without it on local disk, add PyTorch's CPU index "
+             "with PIP_EXTRA_INDEX_URL)")
+PY
 
 if ! ls "$WHEELHOUSE"/vllm-0.32.0-*.whl >/dev/null 2>&1; then
     step "building the vLLM 0.32.0 wheel once (empty build, about a minute)"
