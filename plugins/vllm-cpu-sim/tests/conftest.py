@@ -9,6 +9,7 @@ is built once and its tests are pinned to one pytest-xdist worker through an
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,13 @@ PROMPTS = [
     "The three primary colors are",
 ]
 MAX_TOKENS = 24
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 
 import pytest
-from conftest import PROMPTS, make_llm
+from conftest import PROMPTS, free_port, make_llm
 from vllm import SamplingParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("parallel")]
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _generate(model_dir: str, **kwargs) -> list[list[int]]:
@@ -48,7 +41,7 @@ def ray_cluster() -> Iterator[str]:
     ray = shutil.which("ray")
     if ray is None:
         pytest.fail("the ray command is missing: install the plugin's test extra")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     # Ray's socket paths must stay short, so not pytest's deep tmp_path.
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")

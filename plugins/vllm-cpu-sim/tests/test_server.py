@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("server")]
 
 MAX_MODEL_LEN = 512
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +25,7 @@ def server_log(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_dir, server_log) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = server_log
     env = dict(os.environ, VLLM_CPU_SIM_DEVICE_MEMORY="1GiB")
     cmd = [

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import free_port
 
 from vllm_cpu_sim.attention import CpuSimAttentionImpl, build_metadata
 from vllm_cpu_sim.envs import SimConfig, parse_bytes
@@ -206,12 +206,6 @@ def test_rms_norm_is_registered_out_of_tree():
 
 # ---------------------------------------------------------------- communicator
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _collectives(rank: int, port: int, results) -> None:
     import torch.distributed as dist
 
@@ -235,7 +229,7 @@ def test_gloo_collectives_match_math():
     ctx = torch.multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
         results = manager.dict()
-        port = _free_port()
+        port = free_port()
         procs = [ctx.Process(target=_collectives, args=(r, port, results)) for r in (0, 1)]
         for p in procs:
             p.start()

@@ -42,7 +42,9 @@ def register() -> str | None:
     forces it on even where a GPU is visible. Another plugin can be chosen
     with ``VLLM_PLUGINS``, which stops this one from loading at all.
     """
-    choice = os.environ.get("VLLM_CPU_SIM", "").strip().lower()
+    from vllm_cpu_sim.envs import ENV_ENABLE
+
+    choice = os.environ.get(ENV_ENABLE, "").strip().lower()
     if choice in ("0", "false", "off", "no"):
         return None
     if choice in ("1", "true", "on", "yes"):
@@ -50,7 +52,7 @@ def register() -> str | None:
     if choice:
         # vLLM swallows exceptions raised here, so say it loudly instead.
         get_logger(__name__).warning(
-            "VLLM_CPU_SIM=%r is not understood (use 1 or 0); cpu_sim stays inactive", choice
+            "%s=%r is not understood (use 1 or 0); cpu_sim stays inactive", ENV_ENABLE, choice
         )
         return None
     return None if _accelerator_visible() else PLATFORM

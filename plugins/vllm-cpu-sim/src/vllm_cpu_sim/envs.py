@@ -26,6 +26,13 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1000**2, "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity), not all the host has."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def parse_bytes(value: str | int | float, setting: str) -> int:
     """Parse a size such as ``4GiB`` or ``512MiB``; errors name the setting."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

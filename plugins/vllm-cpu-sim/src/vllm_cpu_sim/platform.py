@@ -17,7 +17,7 @@ import torch
 from vllm.platforms.interface import Platform, PlatformEnum
 
 from vllm_cpu_sim import get_logger
-from vllm_cpu_sim.envs import SimConfig
+from vllm_cpu_sim.envs import ENV_ENABLE, ENV_MEMORY, ENV_THREADS, SimConfig, usable_cores
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -47,9 +47,8 @@ class CpuSimPlatform(Platform):
     device_control_env_var: str = "VLLM_CPU_SIM_VISIBLE_DEVICES"
     simple_compile_backend: str = "inductor"
     supported_quantization: list[str] = []  # noqa: RUF012 (vLLM declares it so)
-    additional_env_vars: list[str] = [  # noqa: RUF012
-        "VLLM_CPU_SIM", "VLLM_CPU_SIM_DEVICE_MEMORY", "VLLM_CPU_SIM_NUM_THREADS",
-    ]
+    # known to vLLM's environment check, and passed on to Ray workers
+    additional_env_vars: list[str] = [ENV_ENABLE, ENV_MEMORY, ENV_THREADS]  # noqa: RUF012
 
     @property
     def supported_dtypes(self) -> list[torch.dtype]:
@@ -67,8 +66,7 @@ class CpuSimPlatform(Platform):
     @classmethod
     def device_count(cls) -> int:
         """Simulated devices on this host: one per usable core."""
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else (os.cpu_count() or 1)
+        return usable_cores()
 
     @classmethod
     def get_device_name(cls, device_id: int = 0) -> str:

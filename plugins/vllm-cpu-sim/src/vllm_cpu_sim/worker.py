@@ -8,8 +8,6 @@ and the model, never on what else the host is doing.
 
 from __future__ import annotations
 
-import os
-
 import psutil
 import torch
 from vllm.config import VllmConfig
@@ -19,7 +17,7 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
 
 from vllm_cpu_sim import get_logger, patches
-from vllm_cpu_sim.envs import ENV_MEMORY, SimConfig
+from vllm_cpu_sim.envs import ENV_MEMORY, SimConfig, usable_cores
 from vllm_cpu_sim.model_runner import CpuSimModelRunner
 
 logger = get_logger(__name__)
@@ -76,8 +74,7 @@ class CpuSimWorker(CPUWorker):
     def _set_threads(self) -> None:
         threads = self.sim.num_threads
         if threads is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else (os.cpu_count() or 1)
+            cores = usable_cores()
             local_workers = self.parallel_config.tensor_parallel_size * \
                 self.parallel_config.pipeline_parallel_size
             threads = max(1, cores // max(1, min(local_workers, cores)))
