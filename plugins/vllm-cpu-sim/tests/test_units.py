@@ -196,12 +196,18 @@ def test_rms_norm_matches_vllm_reference(dtype):
     torch.testing.assert_close(out, expected * norm.weight)
 
 
-def test_rms_norm_is_registered_out_of_tree():
+def test_rms_norm_registration_replaces_vllm_layer():
+    from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.model_executor.custom_op import op_registry_oot
+    from vllm.model_executor.layers.layernorm import RMSNorm
 
-    import vllm_cpu_sim.ops  # noqa: F401
+    from vllm_cpu_sim import ops
 
-    assert op_registry_oot["RMSNorm"].__name__ == "CpuSimRMSNorm"
+    ops.register()
+    ops.register()  # a second call changes nothing
+    assert op_registry_oot["RMSNorm"] is ops.CpuSimRMSNorm
+    with set_current_vllm_config(VllmConfig()):
+        assert type(RMSNorm(64)) is ops.CpuSimRMSNorm
 
 
 # ---------------------------------------------------------------- communicator

@@ -138,8 +138,9 @@ class CpuSimPlatform(Platform):
 
     @classmethod
     def import_kernels(cls) -> None:
-        # Register this plugin's custom ops; there are no compiled vLLM kernels.
-        import vllm_cpu_sim.ops  # noqa: F401
+        # There are no compiled vLLM kernels; this plugin's custom ops are
+        # registered by the worker before it builds the model.
+        pass
 
     @classmethod
     def log_warnings(cls) -> None:

@@ -16,7 +16,7 @@ from vllm.utils.torch_utils import set_random_seed
 from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
 
-from vllm_cpu_sim import get_logger, patches
+from vllm_cpu_sim import get_logger, ops, patches
 from vllm_cpu_sim.envs import ENV_MEMORY, SimConfig, usable_cores
 from vllm_cpu_sim.model_runner import CpuSimModelRunner
 
@@ -55,6 +55,7 @@ class CpuSimWorker(CPUWorker):
         is_driver_worker: bool = False,
     ) -> None:
         patches.apply()
+        ops.register()
         # CPUWorker.__init__ binds NUMA memory through a compiled kernel
         # (torch.ops._C.init_cpu_memory_env) that the empty vLLM build lacks
         # and that a simulated device does not need, so go to Worker directly.
