@@ -8,6 +8,8 @@ and the model, never on what else the host is doing.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import psutil
 import torch
 from vllm.config import VllmConfig
@@ -66,10 +68,8 @@ class CpuSimWorker(CPUWorker):
         self.parallel_config.disable_custom_all_reduce = True
         self.sim = SimConfig.load(vllm_config.additional_config)
 
-    def _maybe_get_memory_pool_context(self, tag: str):
-        from contextlib import nullcontext
-
-        # vLLM's CuMem pool exists only for CUDA devices.
+    def _maybe_get_memory_pool_context(self, tag: str) -> AbstractContextManager:
+        # vLLM's CuMem pool (sleep mode) exists only for CUDA devices.
         return nullcontext()
 
     def _set_threads(self) -> None:
