@@ -136,7 +136,6 @@ def make_llm(model: str, **kwargs):
     from vllm import LLM
 
     kwargs.setdefault("max_model_len", 512)
-    kwargs.setdefault("enforce_eager", True)
     kwargs.setdefault("additional_config", {"cpu_sim": {"device_memory": "1536MiB"}})
     return LLM(model=model, **kwargs)
 

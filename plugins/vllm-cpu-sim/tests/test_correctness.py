@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
-#: Teacher-forced top-1 agreement of bf16 with fp32, measured 186/192 = 0.969 (README);
+#: Teacher-forced top-1 agreement of bf16 with fp32, measured 185/192 = 0.964 (README);
 #: the bound leaves room for a few near-ties flipping under bf16 rounding.
 BF16_MIN_AGREEMENT = 0.95
 
@@ -101,8 +101,12 @@ def test_served_model_uses_the_plugin_layers(llm_fp32):
         model = worker.model_runner.get_model()
         names = {type(m).__name__ for m in model.modules()}
         impls = {type(m.impl).__name__ for m in model.modules() if hasattr(m, "impl")}
-        return sorted(names | impls)
+        norms = {m._forward_method.__name__ for m in model.modules()
+                 if type(m).__name__.endswith("RMSNorm")}
+        return sorted(names | impls | {f"RMSNorm.{n}" for n in norms})
 
     (types,) = llm_fp32.collective_rpc(layer_types)
     assert "CpuSimRMSNorm" in types and "CpuSimAttentionImpl" in types
     assert "RMSNorm" not in types
+    # dispatched to this plugin's form, not vLLM's reference
+    assert [t for t in types if t.startswith("RMSNorm.")] == ["RMSNorm.forward_oot"]

@@ -209,6 +209,13 @@ class CpuSimPlatform(Platform):
             # Eager keeps the cold start short; graph compilation is opt-in.
             logger.info("cpu_sim runs the model eagerly (compilation mode NONE)")
             compilation_config.mode = CompilationMode.NONE
+            # vLLM turns custom ops off by default when Inductor would compile
+            # the model (it fuses the native forms); running eagerly, the
+            # custom ops are the fast path, so the base mode becomes "all".
+            # Per-op "+name"/"-name" choices are kept.
+            compilation_config.custom_ops = [
+                "all" if op == "none" else op for op in compilation_config.custom_ops
+            ]
 
         # Worker and engine processes are spawned, not forked: a process whose
         # OpenMP pool has run (any torch op on more than one thread) deadlocks
