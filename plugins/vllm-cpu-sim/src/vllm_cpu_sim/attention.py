@@ -105,7 +105,7 @@ class CpuSimAttentionMetadata:
 
 
 def _build_part(
-    query_start_loc: torch.Tensor,
+    query_start_loc: torch.Tensor,  # of this part, starting at 0
     seq_lens: torch.Tensor,
     block_table: torch.Tensor,
     block_size: int,
@@ -138,7 +138,7 @@ def _build_part(
         mask=mask,
         query_index=query_index + token_offset,
         query_valid=query_valid,
-        token_start=token_offset + int(query_start_loc[0]),
+        token_start=token_offset,
         num_tokens=int(query_start_loc[-1] - query_start_loc[0]),
     )
 

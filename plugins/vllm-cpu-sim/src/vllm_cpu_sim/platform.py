@@ -74,7 +74,11 @@ class CpuSimPlatform(Platform):
 
     @classmethod
     def get_device_total_memory(cls, device_id: int = 0) -> int:
-        return SimConfig.load().device_memory
+        # additional_config counts once a vLLM config is current, as in the worker
+        from vllm.config import get_current_vllm_config_or_none
+
+        config = get_current_vllm_config_or_none()
+        return SimConfig.load(config.additional_config if config else None).device_memory
 
     @classmethod
     def get_current_memory_usage(cls, device: torch.types.Device | None = None) -> float:
@@ -138,23 +142,20 @@ class CpuSimPlatform(Platform):
 
     @classmethod
     def import_kernels(cls) -> None:
-        # There are no compiled vLLM kernels; this plugin's custom ops are
-        # registered by the worker before it builds the model.
+        # vLLM's default imports vllm._C, which the empty build lacks, and warns.
+        # There are no compiled kernels here; the custom ops are registered by
+        # the worker before it builds the model.
         pass
 
     @classmethod
     def log_warnings(cls) -> None:
         # vLLM resolves the platform before it configures logging, so its own
         # "Platform plugin ... is activated" line is usually lost; say it here,
-        # where vLLM calls back once logging is up.
+        # where vLLM calls back once logging is up. The device memory is logged
+        # by check_and_update_config, once additional_config is known.
         from vllm_cpu_sim import __version__
 
-        sim = SimConfig.load()
-        logger.info(
-            "Platform plugin cpu_sim is activated (vllm-cpu-sim %s, simulated device "
-            "memory %.2f GiB, %d threads)", __version__, sim.device_memory / (1 << 30),
-            sim.num_threads or torch.get_num_threads(),
-        )
+        logger.info("Platform plugin cpu_sim is activated (vllm-cpu-sim %s)", __version__)
 
     @classmethod
     def validate_environ(cls, hard_fail: bool) -> None:

@@ -78,7 +78,7 @@ class CpuSimWorker(CPUWorker):
             cores = usable_cores()
             local_workers = self.parallel_config.tensor_parallel_size * \
                 self.parallel_config.pipeline_parallel_size
-            threads = max(1, cores // max(1, min(local_workers, cores)))
+            threads = max(1, cores // local_workers)
         torch.set_num_threads(threads)
 
     def init_device(self) -> None:
