@@ -27,7 +27,7 @@ fi
 
 step "installing torch 2.13.0, vLLM's build tools and tox"
 pip_install torch==2.13.0 setuptools-scm "setuptools<81" wheel packaging jinja2 \
-    cmake ninja setuptools-rust "tox>=4.20"
+    cmake ninja setuptools-rust "tox>=4.29"
 python - <<'PY'
 import sys, torch
 if torch.version.cuda is not None:

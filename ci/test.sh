@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# README command 2: lint, then every plugin's tests in its own tox environment
-# (the plugin installed alone next to vLLM). Plugins are the folders under
-# plugins/, so a new backend is tested without editing this file; name some
-# to test only those: ci/test.sh cpu-sim
+# README command 2: lint, then every plugin's tests and the conformance suite in
+# its own tox environment (the plugin installed alone next to vLLM), then the
+# harness's own tests and the scoreboard check. Plugins are the folders under
+# plugins/, so a new backend is tested without editing this file. Name some to
+# run only those: ci/test.sh cpu-sim (then the scoreboard is not checked).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ROOT"
 
+export VLLM_HARNESS_RESULTS=${VLLM_HARNESS_RESULTS:-$ROOT/.harness-results}
 if [ "$#" -gt 0 ]; then
-    plugins=("$@")
+    envs=("$@")
 else
-    plugins=()
+    # verdicts of an earlier run must not stand in for this one's
+    rm -rf "$VLLM_HARNESS_RESULTS"
+    envs=()
     for dir in plugins/vllm-*/; do
-        [ -f "$dir/pyproject.toml" ] && plugins+=("$(basename "$dir" | sed 's/^vllm-//')")
+        [ -f "$dir/pyproject.toml" ] && envs+=("$(basename "$dir" | sed 's/^vllm-//')")
     done
+    envs+=(harness)
 fi
-envs=$(IFS=,; echo "lint,${plugins[*]}")
+envs=$(IFS=,; echo "lint,${envs[*]}")
 step "tox -e $envs"
 tox run -e "$envs"

@@ -1,5 +1,5 @@
-"""Shared fixtures: the default model, its transformers reference, and one
-engine per configuration for the whole session.
+"""Shared fixtures of the plugin's own tests: the default model, its transformers
+model, and one engine per configuration for the whole session.
 
 Engines are expensive (seconds each, hundreds of MB), so every configuration
 is built once and its tests are pinned to one pytest-xdist worker through an
@@ -30,17 +30,8 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-PROMPTS = [
-    "The quick brown fox",
-    "Hello, my name is",
-    "1, 2, 3, 4,",
-    "The capital of France is",
-    "In a distant galaxy, a lone explorer discovered an ancient artifact that",
-    "def fibonacci(n):",
-    "Water boils at a temperature of",
-    "The three primary colors are",
-]
-MAX_TOKENS = 24
+#: For the Ray test: the conformance suite covers output against transformers.
+PROMPTS = ["The quick brown fox", "1, 2, 3, 4,", "The capital of France is"]
 
 
 def free_port() -> int:
@@ -83,29 +74,6 @@ def hf_model(model_dir):
     return tokenizer, model
 
 
-@pytest.fixture(scope="session")
-def hf_greedy(hf_model) -> list[list[int]]:
-    """transformers' greedy continuation of every prompt, EOS ignored."""
-    import torch
-
-    tokenizer, model = hf_model
-    out = []
-    with torch.no_grad():
-        for prompt in PROMPTS:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids
-            tokens = []
-            past = None
-            step_ids = ids
-            for _ in range(MAX_TOKENS):
-                result = model(step_ids, past_key_values=past, use_cache=True)
-                past = result.past_key_values
-                nxt = int(result.logits[0, -1].argmax())
-                tokens.append(nxt)
-                step_ids = torch.tensor([[nxt]])
-            out.append(tokens)
-    return out
-
-
 class Engines:
     """Builds each engine configuration once per session and shuts all down at the end."""
 
@@ -138,18 +106,3 @@ def make_llm(model: str, **kwargs):
     kwargs.setdefault("max_model_len", 512)
     kwargs.setdefault("additional_config", {"cpu_sim": {"device_memory": "1536MiB"}})
     return LLM(model=model, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def llm_fp32(engines, model_dir):
-    return engines.get("fp32", lambda: make_llm(
-        model_dir, dtype="float32", disable_log_stats=False, max_num_batched_tokens=2048,
-    ))
-
-
-@pytest.fixture(scope="session")
-def llm_bf16(engines, model_dir):
-    return engines.get("bf16", lambda: make_llm(
-        model_dir, dtype="bfloat16", max_num_batched_tokens=2048,
-        additional_config={"cpu_sim": {"device_memory": "1GiB"}},
-    ))

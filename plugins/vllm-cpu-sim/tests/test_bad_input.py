@@ -1,4 +1,7 @@
-"""Bad settings and requests get a clear error naming what is wrong, and lose nothing."""
+"""Bad settings of this plugin get a clear error that names the setting.
+
+Bad requests, which every platform must refuse the same way, are judged by the
+vllm-harness conformance suite."""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ import sys
 
 import pytest
 from conftest import make_llm
-from vllm import SamplingParams
-from vllm.exceptions import VLLMValidationError
 
 
 def test_missing_model_path_is_named(tmp_path):
@@ -43,12 +44,3 @@ def test_memory_too_small_for_one_block_names_the_setting(model_dir):
     log = result.stdout + result.stderr
     assert "leaves less than one KV block" in log
     assert "raise VLLM_CPU_SIM_DEVICE_MEMORY" in log
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("fp32")
-def test_overlong_prompt_is_refused_and_engine_keeps_serving(llm_fp32):
-    with pytest.raises(VLLMValidationError, match="maximum context length is 512"):
-        llm_fp32.generate(["word " * 600], SamplingParams(max_tokens=4))
-    out = llm_fp32.generate(["1, 2, 3,"], SamplingParams(temperature=0, max_tokens=4))
-    assert out[0].outputs[0].text.strip().startswith("4")

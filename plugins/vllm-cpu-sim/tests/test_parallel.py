@@ -1,4 +1,6 @@
-"""Tensor parallel 2 over gloo, through vLLM's multiprocessing and Ray executors."""
+"""Tensor parallel 2 over gloo through vLLM's Ray executor, on a local Ray cluster with
+this platform's devices as logical GPUs (the conformance suite checks the
+multiprocessing executor)."""
 
 from __future__ import annotations
 
@@ -28,11 +30,6 @@ def _generate(model_dir: str, **kwargs) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def tp1_outputs(tp2_model_dir) -> list[list[int]]:
     return _generate(tp2_model_dir)
-
-
-def test_tp2_multiprocessing_equals_tp1(tp2_model_dir, tp1_outputs):
-    got = _generate(tp2_model_dir, tensor_parallel_size=2, distributed_executor_backend="mp")
-    assert got == tp1_outputs
 
 
 @pytest.fixture

@@ -51,3 +51,15 @@ def test_platform_shape():
     assert CpuSimPlatform._enum is PlatformEnum.OOT
     assert CpuSimPlatform.dist_backend == "gloo"
     assert CpuSimPlatform.get_device_communicator_cls().endswith("CpuSimCommunicator")
+
+
+def test_vllm_cleanup_works_in_the_users_process():
+    """vLLM's cleanup between engines touches torch.accelerator, which raises on a
+    machine without one unless the active platform's patch is in place."""
+    code = ("from vllm.distributed import cleanup_dist_env_and_memory\n"
+            "cleanup_dist_env_and_memory()\nprint('cleaned up')\n")
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_SIM"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(env, VLLM_PLUGINS="cpu_sim"), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("cleaned up")

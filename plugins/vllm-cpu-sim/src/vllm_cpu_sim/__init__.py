@@ -48,11 +48,20 @@ def register() -> str | None:
     if choice in ("0", "false", "off", "no"):
         return None
     if choice in ("1", "true", "on", "yes"):
-        return PLATFORM
+        return _activate()
     if choice:
         # vLLM swallows exceptions raised here, so say it loudly instead.
         get_logger(__name__).warning(
             "%s=%r is not understood (use 1 or 0); cpu_sim stays inactive", ENV_ENABLE, choice
         )
         return None
-    return None if _accelerator_visible() else PLATFORM
+    return None if _accelerator_visible() else _activate()
+
+
+def _activate() -> str:
+    """vLLM calls ``register`` in every process that resolves its platform (the
+    user's and each worker), so this is where the platform's patches apply."""
+    from vllm_cpu_sim import patches
+
+    patches.apply()
+    return PLATFORM

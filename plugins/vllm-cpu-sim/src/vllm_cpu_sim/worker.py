@@ -18,7 +18,7 @@ from vllm.utils.torch_utils import set_random_seed
 from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
 
-from vllm_cpu_sim import get_logger, ops, patches
+from vllm_cpu_sim import get_logger, ops
 from vllm_cpu_sim.envs import ENV_MEMORY, SimConfig, usable_cores
 from vllm_cpu_sim.model_runner import CpuSimModelRunner
 
@@ -56,7 +56,6 @@ class CpuSimWorker(CPUWorker):
         distributed_init_method: str,
         is_driver_worker: bool = False,
     ) -> None:
-        patches.apply()
         ops.register()
         # CPUWorker.__init__ binds NUMA memory through a compiled kernel
         # (torch.ops._C.init_cpu_memory_env) that the empty vLLM build lacks

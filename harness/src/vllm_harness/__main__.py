@@ -1,0 +1,3 @@
+from vllm_harness.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""The features the conformance suite judges: one scoreboard row each.
+
+A platform's declaration claims features by these ids (``"sampling.*"`` claims
+a whole suite). The ids are the contract between plugins and the harness, so
+renaming one is a breaking change for every declaration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Feature:
+    id: str
+    title: str
+
+    @property
+    def suite(self) -> str:
+        return self.id.split(".", 1)[0]
+
+
+_FEATURES = [
+    Feature("registration.entry_point", "entry point loads and names the platform class"),
+    Feature("registration.selected", "selected: current_platform is the plugin's class"),
+    Feature("registration.default", "no selection: active or inactive as declared"),
+    Feature("registration.activation_log", "activation log line at startup"),
+    Feature("correctness.greedy_fp32", "greedy ids equal transformers (fp32)"),
+    Feature("correctness.logprobs", "sample and prompt logprobs close to transformers"),
+    Feature("correctness.bf16", "bfloat16 top-1 agrees with fp32 (teacher forced)"),
+    Feature("correctness.fp16", "float16 top-1 agrees with fp32 (teacher forced)"),
+    Feature("sampling.seed", "seeded sampling reproduces; seeds differ"),
+    Feature("sampling.temperature", "temperature departs from greedy"),
+    Feature("sampling.top_k", "top_k"),
+    Feature("sampling.top_p", "top_p"),
+    Feature("sampling.min_p", "min_p"),
+    Feature("sampling.penalties", "repetition, frequency and presence penalties"),
+    Feature("sampling.stop", "stop strings and stop token ids"),
+    Feature("sampling.min_tokens", "min_tokens and ignore_eos"),
+    Feature("sampling.logprobs", "logprobs count and ranks"),
+    Feature("sampling.n", "n completions per prompt"),
+    Feature("engine.prefix_caching", "prefix cache hit, output unchanged"),
+    Feature("engine.chunked_prefill", "chunked prefill, output unchanged"),
+    Feature("engine.preemption", "preemption under KV pressure, output unchanged"),
+    Feature("engine.abort", "abort frees the request, others unchanged"),
+    Feature("engine.concurrency", "48 concurrent requests equal one by one"),
+    Feature("server.models", "GET /v1/models and /health"),
+    Feature("server.completions", "POST /v1/completions"),
+    Feature("server.chat", "POST /v1/chat/completions"),
+    Feature("server.streaming", "streamed completions and chat equal whole ones"),
+    Feature("server.tokenize", "/tokenize and /detokenize round trip"),
+    Feature("server.metrics", "/metrics counts requests"),
+    Feature("robustness.malformed_json", "malformed JSON: 4xx, still serving"),
+    Feature("robustness.unknown_model", "unknown model: 404, still serving"),
+    Feature("robustness.overlong_prompt", "prompt over max_model_len: 400 naming the limit"),
+    Feature("robustness.invalid_params", "invalid sampling parameters: 400 naming the field"),
+    Feature("robustness.unservable", "a request the platform cannot serve: 400 with a reason"),
+    Feature("robustness.load", "64 concurrent streaming clients, none lost"),
+    Feature("robustness.disconnect", "client disconnects mid-stream: KV blocks freed"),
+    Feature("parallel.tp2", "tensor parallel 2 equals tensor parallel 1"),
+]
+
+FEATURES: dict[str, Feature] = {f.id: f for f in _FEATURES}
+SUITES: list[str] = list(dict.fromkeys(f.suite for f in _FEATURES))
+
+
+def expand(patterns: list[str], where: str) -> set[str]:
+    """Feature ids named by ``patterns``; ``suite.*`` names a whole suite.
+
+    ``vllm.*`` ids (vLLM's own tests, see :mod:`vllm_harness.vllm_tests`) are
+    accepted as they are.
+    """
+    out: set[str] = set()
+    for pattern in patterns:
+        if pattern.endswith(".*") and pattern[:-2] in SUITES:
+            out.update(f for f in FEATURES if f.startswith(pattern[:-1]))
+        elif pattern in FEATURES or pattern.startswith("vllm."):
+            out.add(pattern)
+        else:
+            known = ", ".join([*SUITES, *FEATURES])
+            raise ValueError(f"{where}: unknown feature {pattern!r}; known: {known}")
+    return out

@@ -1,0 +1,241 @@
+"""Shared fixtures of the suites: the default model, its transformers
+reference, and one engine and one server per platform per session.
+
+Engines and servers are expensive, so each is built once per session and its
+tests are pinned to one pytest-xdist worker through an ``xdist_group`` of the
+same name (``--dist loadgroup``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vllm_harness.declaration import Profile
+
+PROMPTS = [
+    "The quick brown fox",
+    "Hello, my name is",
+    "1, 2, 3, 4,",
+    "The capital of France is",
+    "In a distant galaxy, a lone explorer discovered an ancient artifact that",
+    "def fibonacci(n):",
+    "Water boils at a temperature of",
+    "The three primary colors are",
+]
+MAX_TOKENS = 24
+SERVED_NAME = "harness-model"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    from vllm_harness.models import prepare
+
+    return str(prepare("full", quiet=True))
+
+
+@pytest.fixture(scope="session")
+def tp2_model_dir() -> str:
+    from vllm_harness.models import prepare
+
+    return str(prepare("tp2", quiet=True))
+
+
+@pytest.fixture(scope="session")
+def hf_model(model_dir: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    return tokenizer, model
+
+
+@pytest.fixture(scope="session")
+def hf_greedy(hf_model: tuple[Any, Any]) -> list[list[int]]:
+    """transformers' greedy continuation of every prompt, EOS ignored."""
+    import torch
+
+    tokenizer, model = hf_model
+    out = []
+    with torch.no_grad():
+        for prompt in PROMPTS:
+            step_ids = tokenizer(prompt, return_tensors="pt").input_ids
+            tokens: list[int] = []
+            past = None
+            for _ in range(MAX_TOKENS):  # by hand: generate() would suppress EOS, not ignore it
+                result = model(step_ids, past_key_values=past, use_cache=True)
+                past = result.past_key_values
+                tokens.append(int(result.logits[0, -1].argmax()))
+                step_ids = torch.tensor([[tokens[-1]]])
+            out.append(tokens)
+    return out
+
+
+def engine_kwargs(profile: Profile, **overrides: Any) -> dict[str, Any]:
+    """The engine arguments of this platform: the declaration's, then the test's."""
+    kwargs: dict[str, Any] = {
+        "max_model_len": profile.max_model_len,
+        "block_size": profile.block_size,
+        "disable_log_stats": False,
+    }
+    kwargs.update(profile.args)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def make_llm(profile: Profile, model: str, **overrides: Any) -> Any:
+    from vllm import LLM
+
+    return LLM(model=model, **engine_kwargs(profile, **overrides))
+
+
+def shutdown(llm: Any) -> None:
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
+
+
+class Engines:
+    """Builds each engine configuration once per session, shuts all down at the end."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, Any] = {}
+
+    def get(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._engines:
+            self._engines[name] = build()
+        return self._engines[name]
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            shutdown(engine)
+        self._engines.clear()
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[Engines]:
+    pool = Engines()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def llm(engines: Engines, profile: Profile, model_dir: str) -> Any:
+    """The platform's float32 engine with prefix caching: most suites share it."""
+    return engines.get("fp32", lambda: make_llm(
+        profile, model_dir, dtype="float32", enable_prefix_caching=True))
+
+
+def server_dtype(profile: Profile) -> str:
+    """The server runs the platform's preferred reduced precision, if it claims one."""
+    for dtype in ("bfloat16", "float16"):
+        if dtype in profile.dtypes:
+            return dtype
+    return profile.dtypes[0]
+
+
+def cli_args(args: dict[str, Any]) -> list[str]:
+    """Engine keyword arguments as ``vllm serve`` options."""
+    out = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False:
+            out.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, dict | list):
+            out += [flag, json.dumps(value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    dtype: str
+    max_model_len: int
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/v1"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a Prometheus series from /metrics, filtered by labels."""
+        import requests
+
+        body = requests.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for line in body.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture(scope="session")
+def server(profile: Profile, model_dir: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real ``vllm serve`` on 127.0.0.1 for the whole session."""
+    import requests
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    dtype = server_dtype(profile)
+    args = engine_kwargs(profile)
+    args.pop("disable_log_stats", None)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir,
+           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
+           "--dtype", dtype, *cli_args(args), *profile.server_args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm serve exited with {proc.returncode}:\n"
+                            f"{log.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve not healthy in 300 s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield Server(url, log, dtype, profile.max_model_len)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=120)

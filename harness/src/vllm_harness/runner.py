@@ -1,0 +1,67 @@
+"""Runs the suites on each platform profile, each in its own pytest session.
+
+vLLM resolves its platform once per process, so a profile never shares a
+process with another: ``vllm-harness run`` starts one pytest session per
+profile with that profile's environment (``VLLM_PLUGINS`` and the selection
+the plugin declares), on pytest-xdist workers grouped per engine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vllm_harness.declaration import Profile
+from vllm_harness.features import SUITES
+from vllm_harness.pytest_plugin import COMMON_ENV
+
+#: A hung engine or server fails its test instead of the whole run.
+TEST_TIMEOUT_S = 900
+
+
+def results_path(results_dir: Path, column: str, part: str) -> Path:
+    return results_dir / f"{column.replace('/', '__')}.{part}.json"
+
+
+def suite_modules(suites: list[str] | None) -> list[str]:
+    chosen = suites or SUITES
+    unknown = set(chosen) - set(SUITES)
+    if unknown:
+        raise ValueError(f"unknown suite(s) {sorted(unknown)}; known: {', '.join(SUITES)}")
+    return [f"vllm_harness.suites.test_{s}" for s in SUITES if s in chosen]
+
+
+def pytest_command(profile: Profile, results: Path, suites: list[str] | None,
+                   workers: int, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest", "-p", "vllm_harness.pytest_plugin",
+           "--harness-platform", profile.column, "--harness-results", str(results),
+           "-p", "no:cacheprovider", "-o", f"timeout={TEST_TIMEOUT_S}", "-rfEs",
+           # node ids relative to the package, wherever it is installed
+           "--rootdir", str(Path(__file__).parent),
+           "--pyargs", *suite_modules(suites)]
+    if workers > 1:
+        cmd += ["-n", str(workers), "--dist", "loadgroup"]
+    return cmd + extra
+
+
+def run(profiles: list[Profile], results_dir: Path, suites: list[str] | None = None,
+        workers: int = 2, extra: list[str] | None = None) -> bool:
+    """Every profile in turn; True when every verdict of every profile is ok."""
+    ok = True
+    for profile in profiles:
+        results = results_path(results_dir, profile.column, "suite")
+        results.unlink(missing_ok=True)
+        env = dict(os.environ, **COMMON_ENV, **profile.process_env())
+        cmd = pytest_command(profile, results, suites, workers, extra or [])
+        print(f"== {profile.column} ({profile.package} {profile.version}, {profile.hardware})",
+              flush=True)
+        start = time.monotonic()
+        code = subprocess.call(cmd, env=env)
+        print(f"== {profile.column}: pytest exit {code} in {time.monotonic() - start:.0f} s",
+              flush=True)
+        if code != 0 or not results.exists():
+            ok = False
+    return ok

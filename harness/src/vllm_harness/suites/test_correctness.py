@@ -1,0 +1,137 @@
+"""Correctness against Hugging Face transformers on the default model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from vllm_harness.declaration import Profile
+from vllm_harness.fixtures import MAX_TOKENS, PROMPTS, Server, make_llm, shutdown
+
+#: Teacher-forced top-1 agreement of a 16-bit dtype with fp32. SmolLM2 has a
+#: few near-ties that flip under 16-bit rounding; 95% leaves room for them and
+#: still catches a wrong kernel (which lands far below).
+MIN_AGREEMENT = 0.95
+LOGPROB_TOLERANCE = 2e-3
+
+
+def _first_difference(got: list[int], ref: list[int]) -> str:
+    pos = next((i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b),
+               min(len(got), len(ref)))
+    return (f"first difference at token {pos}: got {got[pos:pos + 4]}, "
+            f"transformers {ref[pos:pos + 4]}")
+
+
+@pytest.mark.xdist_group("engine")
+@pytest.mark.feature("correctness.greedy_fp32")
+def test_greedy_fp32_equals_transformers(llm: Any, hf_greedy: list[list[int]]):
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outputs = llm.generate(PROMPTS, params)
+    wrong = []
+    for prompt, out, ref in zip(PROMPTS, outputs, hf_greedy, strict=True):
+        got = list(out.outputs[0].token_ids)
+        if got != ref:
+            wrong.append(f"{prompt!r}: {_first_difference(got, ref)}")
+    assert not wrong, f"{len(wrong)}/{len(PROMPTS)} prompts differ:\n" + "\n".join(wrong)
+
+
+@pytest.mark.xdist_group("engine")
+@pytest.mark.feature("correctness.logprobs")
+def test_logprobs_close_to_transformers(llm: Any, hf_model: tuple[Any, Any]):
+    import torch
+    from vllm import SamplingParams
+
+    _, model = hf_model
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=3,
+                            prompt_logprobs=2)
+    worst = 0.0
+    for o in llm.generate(PROMPTS[:3], params):
+        ids = list(o.prompt_token_ids) + list(o.outputs[0].token_ids)
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        n_prompt = len(o.prompt_token_ids)
+        assert o.prompt_logprobs[0] is None, "the first prompt token has no logprob"
+        checks = []
+        for step, lp in enumerate(o.outputs[0].logprobs):  # position t predicts t + 1
+            assert len(lp) >= 3, f"asked for 3 logprobs, got {len(lp)}"
+            checks += [(entry.logprob, float(ref[n_prompt + step - 1, token]))
+                       for token, entry in lp.items()]
+        for pos, lp in enumerate(o.prompt_logprobs[1:], start=1):
+            assert ids[pos] in lp, "prompt logprobs miss the prompt token"
+            checks += [(entry.logprob, float(ref[pos - 1, token])) for token, entry in lp.items()]
+        for got, want in checks:
+            worst = max(worst, abs(got - want))
+            assert math.isclose(got, want, abs_tol=LOGPROB_TOLERANCE), (
+                f"logprob {got:.5f}, transformers {want:.5f} "
+                f"(tolerance {LOGPROB_TOLERANCE})")
+    print(f"largest logprob difference: {worst:.2e}")
+
+
+def _teacher_forced_agreement(prompt_logprobs: list[list[dict[int, int]]],
+                              prompts: list[list[int]], refs: list[list[int]]) -> float:
+    """Share of positions where the engine's top-1 is the fp32 reference token."""
+    agree = total = 0
+    for ranks, ids, ref in zip(prompt_logprobs, prompts, refs, strict=True):
+        for pos in range(len(ids) - len(ref), len(ids)):
+            agree += ranks[pos].get(ids[pos]) == 1
+            total += 1
+    return agree / total
+
+
+def _server_agreement(server: Server, hf_model: tuple[Any, Any],
+                      hf_greedy: list[list[int]]) -> float:
+    import requests
+
+    tokenizer, _ = hf_model
+    prompts = [tokenizer(p).input_ids + ref for p, ref in zip(PROMPTS, hf_greedy, strict=True)]
+    ranks = []
+    for ids in prompts:
+        r = requests.post(f"{server.api}/completions", timeout=60, json={
+            "model": "harness-model", "prompt": ids, "max_tokens": 1, "temperature": 0,
+            "prompt_logprobs": 0})
+        assert r.status_code == 200, r.text
+        lps = r.json()["choices"][0]["prompt_logprobs"]
+        ranks.append([{int(t): e["rank"] for t, e in (lp or {}).items()} for lp in lps])
+    return _teacher_forced_agreement(ranks, prompts, hf_greedy)
+
+
+@pytest.mark.xdist_group("server")
+@pytest.mark.feature("correctness.bf16")
+def test_bf16_top1_agrees_with_fp32(profile: Profile, server: Server, model_dir: str,
+                                    hf_model: tuple[Any, Any], hf_greedy: list[list[int]]):
+    if server.dtype == "bfloat16":  # the server already runs it: ask it
+        rate = _server_agreement(server, hf_model, hf_greedy)
+    else:
+        rate = _engine_agreement(profile, model_dir, "bfloat16", hf_model, hf_greedy)
+    assert rate >= MIN_AGREEMENT, f"bfloat16 top-1 agreement {rate:.3f} < {MIN_AGREEMENT}"
+
+
+def _engine_agreement(profile: Profile, model_dir: str, dtype: str,
+                      hf_model: tuple[Any, Any], hf_greedy: list[list[int]]) -> float:
+    """Agreement of an offline engine in ``dtype``; an unsupported dtype is refused
+    when the engine is built."""
+    from vllm import SamplingParams
+
+    llm = make_llm(profile, model_dir, dtype=dtype)
+    try:
+        tokenizer, _ = hf_model
+        prompts = [tokenizer(p).input_ids + r for p, r in zip(PROMPTS, hf_greedy, strict=True)]
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                            SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))
+        ranks = [[{t: e.rank for t, e in (lp or {}).items()} for lp in o.prompt_logprobs]
+                 for o in outs]
+    finally:
+        shutdown(llm)
+    return _teacher_forced_agreement(ranks, prompts, hf_greedy)
+
+
+@pytest.mark.xdist_group("engine")
+@pytest.mark.feature("correctness.fp16")
+def test_fp16_top1_agrees_with_fp32(profile: Profile, model_dir: str, hf_model: tuple[Any, Any],
+                                    hf_greedy: list[list[int]]):
+    rate = _engine_agreement(profile, model_dir, "float16", hf_model, hf_greedy)
+    assert rate >= MIN_AGREEMENT, f"float16 top-1 agreement {rate:.3f} < {MIN_AGREEMENT}"

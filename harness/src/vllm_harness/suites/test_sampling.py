@@ -1,0 +1,141 @@
+"""Every SamplingParams field vLLM documents, judged by what it must do to the output."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.xdist_group("engine")
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+CHAT = "<|im_start|>user\nSay yes.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _repetition(ids: list[int]) -> int:
+    """Sum of squared token counts: lower when tokens repeat less."""
+    return sum(n * n for n in Counter(ids).values())
+
+
+def _ids(llm: Any, prompts: list[str] | None = None, **params: Any) -> list[list[int]]:
+    from vllm import SamplingParams
+
+    outs = llm.generate(prompts or [PROMPT], SamplingParams(**params))
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+@pytest.fixture(scope="module")
+def greedy(llm: Any) -> list[int]:
+    return _ids(llm, temperature=0, max_tokens=32, ignore_eos=True)[0]
+
+
+@pytest.mark.feature("sampling.seed")
+def test_seed_reproduces_and_seeds_differ(llm: Any):
+    def run(seed: int) -> list[int]:
+        return _ids(llm, temperature=1.0, seed=seed, max_tokens=24, ignore_eos=True)[0]
+
+    first = run(7)
+    assert run(7) == first, "the same seed gave different tokens"
+    assert run(8) != first, "different seeds gave the same 24 tokens"
+
+
+@pytest.mark.feature("sampling.temperature")
+def test_temperature_departs_from_greedy(llm: Any, greedy: list[int]):
+    outs = [_ids(llm, temperature=1.5, seed=s, max_tokens=32, ignore_eos=True)[0]
+            for s in range(3)]
+    assert any(o != greedy for o in outs), "temperature 1.5 reproduced greedy three times"
+
+
+@pytest.mark.feature("sampling.top_k")
+def test_top_k(llm: Any, greedy: list[int]):
+    one = _ids(llm, temperature=1.0, top_k=1, seed=3, max_tokens=32, ignore_eos=True)[0]
+    assert one == greedy, "top_k=1 is not greedy"
+    from vllm import SamplingParams
+
+    out = llm.generate([PROMPT], SamplingParams(temperature=2.0, top_k=3, seed=1, max_tokens=1,
+                                                logprobs=20))[0].outputs[0]
+    # logprobs are of the raw distribution: the sampled token is among its top 3
+    assert out.logprobs[0][out.token_ids[0]].rank <= 3, "top_k=3 sampled outside the top 3"
+
+
+@pytest.mark.feature("sampling.top_p")
+def test_top_p(llm: Any, greedy: list[int]):
+    got = _ids(llm, temperature=1.0, top_p=1e-6, seed=3, max_tokens=32, ignore_eos=True)[0]
+    assert got == greedy, "top_p~0 is not greedy"
+
+
+@pytest.mark.feature("sampling.min_p")
+def test_min_p(llm: Any, greedy: list[int]):
+    got = _ids(llm, temperature=1.0, min_p=1.0, seed=3, max_tokens=32, ignore_eos=True)[0]
+    assert got == greedy, "min_p=1 is not greedy"
+
+
+@pytest.mark.feature("sampling.penalties")
+@pytest.mark.parametrize("penalty", [
+    {"repetition_penalty": 1.8}, {"frequency_penalty": 1.5}, {"presence_penalty": 1.5},
+], ids=["repetition", "frequency", "presence"])
+def test_penalties_reduce_repetition(llm: Any, penalty: dict[str, float]):
+    base = _ids(llm, temperature=0, max_tokens=60, ignore_eos=True)[0]
+    pen = _ids(llm, temperature=0, max_tokens=60, ignore_eos=True, **penalty)[0]
+    assert pen != base, f"{penalty} changed nothing"
+    assert _repetition(pen) < _repetition(base), f"{penalty} did not reduce repetition"
+
+
+@pytest.mark.feature("sampling.stop")
+def test_stop_string_and_token(llm: Any, greedy: list[int]):
+    from vllm import SamplingParams
+
+    tokenizer = llm.get_tokenizer()
+    text = tokenizer.decode(greedy)
+    word = text.split()[3]
+    out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True,
+                                                stop=[word]))[0].outputs[0]
+    assert out.finish_reason == "stop" and out.stop_reason == word, (
+        f"stop={word!r} ended with {out.finish_reason}/{out.stop_reason}")
+    assert word not in out.text and text.startswith(out.text)
+    stop_id = greedy[5]
+    first = greedy.index(stop_id)
+    out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True,
+                                                stop_token_ids=[stop_id]))[0].outputs[0]
+    assert out.finish_reason == "stop" and out.stop_reason == stop_id
+    assert list(out.token_ids) == greedy[:first + 1], "stop token is not the last token"
+
+
+@pytest.mark.feature("sampling.min_tokens")
+def test_min_tokens_and_ignore_eos(llm: Any):
+    from vllm import SamplingParams
+
+    def one(**params: Any) -> Any:
+        return llm.generate([CHAT], SamplingParams(temperature=0, max_tokens=50,
+                                                   **params))[0].outputs[0]
+
+    short = one()
+    assert short.finish_reason == "stop" and len(short.token_ids) < 20, (
+        "the reference answer should end early on EOS")
+    assert len(one(min_tokens=25).token_ids) >= 25, "min_tokens=25 ended earlier"
+    full = one(ignore_eos=True)
+    assert len(full.token_ids) == 50 and full.finish_reason == "length", "ignore_eos stopped"
+
+
+@pytest.mark.feature("sampling.logprobs")
+def test_logprobs_count_and_ranks(llm: Any):
+    from vllm import SamplingParams
+
+    out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=6,
+                                                logprobs=5))[0].outputs[0]
+    assert len(out.logprobs) == len(out.token_ids)
+    for token, lp in zip(out.token_ids, out.logprobs, strict=True):
+        assert token in lp and lp[token].rank == 1, "greedy did not pick the top token"
+        assert 5 <= len(lp) <= 6, f"asked for 5 logprobs, got {len(lp)}"
+        values = [e.logprob for e in lp.values()]
+        assert max(values) <= 0
+
+
+@pytest.mark.feature("sampling.n")
+def test_n_completions(llm: Any):
+    from vllm import SamplingParams
+
+    out = llm.generate([PROMPT], SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=16))[0]
+    assert len(out.outputs) == 3, f"n=3 gave {len(out.outputs)} completions"
+    assert len({tuple(o.token_ids) for o in out.outputs}) > 1, "three identical samples"

@@ -1,0 +1,165 @@
+"""The judging rules, the declaration schema and the scoreboard, without an engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vllm_harness import scoreboard
+from vllm_harness.declaration import DeclarationError, parse
+from vllm_harness.features import FEATURES, expand
+from vllm_harness.judge import (
+    COULD_CLAIM,
+    FAIL,
+    PASS,
+    REFUSED,
+    SKIPPED,
+    Cell,
+    Results,
+    combine,
+    judge,
+)
+
+BASE = {
+    "schema": 1,
+    "platform": {"class": "pkg.platform.P", "hardware": "emulated",
+                 "active_by_default": False, "activation_log": "P is on"},
+    "engine": {"dtypes": ["float32"], "block_size": 64},
+    "features": {"claims": ["registration.*", "correctness.greedy_fp32"]},
+}
+
+
+@pytest.mark.parametrize(("claimed", "outcome", "status", "ok"), [
+    (True, "passed", PASS, True),
+    (True, "failed", FAIL, False),
+    (True, "refused", FAIL, False),
+    (True, "skipped", SKIPPED, True),
+    (False, "passed", COULD_CLAIM, True),
+    (False, "refused", REFUSED, True),
+    (False, "failed", FAIL, False),
+    (False, "skipped", SKIPPED, True),
+])
+def test_verdicts(claimed, outcome, status, ok):
+    verdict = judge(claimed, outcome, "why")
+    assert (verdict.status, verdict.ok) == (status, ok)
+
+
+def test_refusal_without_reason_is_a_failure():
+    assert judge(False, "refused", "  ").status == FAIL
+
+
+def test_claimed_failure_keeps_the_difference():
+    verdict = judge(True, "failed", "AssertionError: got 3, want 4")
+    assert verdict.message == "claimed, but AssertionError: got 3, want 4"
+
+
+def test_worst_test_decides_the_feature():
+    cells = [Cell(PASS, True, "", ["a"]), Cell(FAIL, True, "bad", ["b"]),
+             Cell(SKIPPED, True, "later", ["c"])]
+    got = combine(cells)
+    assert (got.status, got.detail, got.tests) == (FAIL, "bad", ["a", "b", "c"])
+    assert combine([Cell(SKIPPED, False), Cell(COULD_CLAIM, False)]).status == COULD_CLAIM
+
+
+def test_expand_suites_and_reject_unknown():
+    assert expand(["sampling.*"], "x") == {f for f in FEATURES if f.startswith("sampling.")}
+    assert expand(["vllm.anything"], "x") == {"vllm.anything"}
+    with pytest.raises(ValueError, match=r"unknown feature 'sampling\.nope'"):
+        expand(["sampling.nope"], "where")
+
+
+def test_profiles_merge_over_the_base():
+    data = dict(BASE, profiles={
+        "static": {"engine": {"block_size": 128}, "features": {"claims": ["server.*"]}},
+        "paged": {},
+    })
+    static, paged = parse(data, "p", "vllm-p", "1.0", "test")
+    assert (static.column, static.block_size, paged.block_size) == ("p/static", 128, 64)
+    assert static.claims_feature("server.chat")
+    assert not static.claims_feature("registration.default")
+    assert paged.claims_feature("registration.default") and paged.dtypes == ["float32"]
+    assert static.process_env() == {"VLLM_PLUGINS": "p"}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"schema": 2}, "schema = 1 expected"),
+    ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
+    ({"platform": {"class": "x"}}, "hardware is required"),
+    ({"platform": dict(BASE["platform"], hardware="npu")}, "hardware must be one of"),
+    ({"engine": {"blocksize": 16}}, r"\[engine\]: unknown key"),
+    ({"features": {"claims": ["sampling.*"], "not_observable": {"sampling.n": "x"}}},
+     "both claimed and declared not observable"),
+])
+def test_bad_declarations_are_named(change, message):
+    with pytest.raises(DeclarationError, match=message):
+        parse(dict(BASE, **change), "p", "vllm-p", "1.0", "vllm-p (p/capabilities.toml)")
+
+
+def _results(column: str, **cells: Cell) -> Results:
+    r = Results(column=column, entry_point=column, profile="default", package=f"vllm-{column}",
+                version="0.1.0", hardware="emulated")
+    for feature, cell in cells.items():
+        r.add(feature.replace("__", "."), cell)
+    return r
+
+
+def test_scoreboard_merges_parts_and_renders(tmp_path: Path):
+    _results("b", registration__selected=Cell(PASS, True)).write(tmp_path / "b.suite.json")
+    _results("a", server__chat=Cell(FAIL, True, "claimed, but no Paris")).write(
+        tmp_path / "a.suite.json")
+    _results("a", **{"vllm__sampling_params": Cell(COULD_CLAIM, False)}).write(
+        tmp_path / "a.vllm-tests.json")
+    columns = scoreboard.collect(tmp_path)
+    assert list(columns) == ["a", "b"]
+    assert set(columns["a"].features) == {"server.chat", "vllm.sampling_params"}
+    table = scoreboard.markdown(columns)
+    assert "| **server** |" in table and "❌ fail · emu" in table and "➕ could claim ⁿ" in table
+    assert "- `a` server.chat, fail: claimed, but no Paris" in table
+    assert table.index("registration.selected") < table.index("server.chat")
+
+
+def test_scoreboard_check_names_stale_cells(tmp_path: Path):
+    _results("a", server__chat=Cell(PASS, True)).write(tmp_path / "r" / "a.suite.json")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{scoreboard.START}\nold\n{scoreboard.END}\n\nafter\n")
+    out = tmp_path / "scoreboard.json"
+    columns = scoreboard.collect(tmp_path / "r")
+    with pytest.raises(scoreboard.StaleError, match="is missing"):
+        scoreboard.check(columns, readme, out)
+    scoreboard.write(columns, readme, out)
+    scoreboard.check(columns, readme, out)
+    assert readme.read_text().endswith("\n\nafter\n")
+    assert json.loads(out.read_text())["columns"]["a"]["features"]["server.chat"]["status"] == PASS
+    _results("a", server__chat=Cell(FAIL, True, "x")).write(tmp_path / "r" / "a.suite.json")
+    with pytest.raises(scoreboard.StaleError, match=r"a server\.chat: checked in pass, "
+                                                    r"results say fail"):
+        scoreboard.check(scoreboard.collect(tmp_path / "r"), readme, out)
+
+
+def test_scoreboard_needs_its_markers(tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(scoreboard.StaleError, match="no <!-- scoreboard:start -->"):
+        scoreboard.write({"a": _results("a")}, readme, tmp_path / "s.json")
+
+
+def test_refusal_reason_drops_pydantic_wrapping():
+    from pydantic import BaseModel, field_validator
+
+    from vllm_harness.pytest_plugin import is_refusal, refusal_reason
+
+    class Config(BaseModel):
+        dtype: str
+
+        @field_validator("dtype")
+        @classmethod
+        def known(cls, value: str) -> str:
+            raise ValueError(f"p does not support dtype={value}; use float32")
+
+    with pytest.raises(ValueError) as info:
+        Config(dtype="float16")
+    assert is_refusal(info.value)
+    assert refusal_reason(info.value) == "p does not support dtype=float16; use float32"
+    assert refusal_reason(NotImplementedError("no\n  sliding window")) == "no sliding window"
