@@ -89,6 +89,8 @@ def test_profiles_merge_over_the_base():
     ({"platform": {"class": "x"}}, "hardware is required"),
     ({"platform": dict(BASE["platform"], hardware="npu")}, "hardware must be one of"),
     ({"engine": {"blocksize": 16}}, r"\[engine\]: unknown key"),
+    ({"features": {"claims": ["robustness.unservable"]}}, "names no .* unservable_request"),
+    ({"engine": {"unservable_request": {"prompt_tokens": 9}}}, "needs prompt_tokens and max"),
     ({"features": {"claims": ["sampling.*"], "not_observable": {"sampling.n": "x"}}},
      "both claimed and declared not observable"),
 ])

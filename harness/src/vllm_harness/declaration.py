@@ -130,6 +130,13 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
             raise DeclarationError(
                 f"{where}: {sorted(overlap)} both claimed and declared not observable")
         expand(list(not_observable), f"{where} [features] not_observable")
+        unservable = engine.get("unservable_request")
+        if "robustness.unservable" in claims and not unservable:
+            raise DeclarationError(f"{where}: claims robustness.unservable but names no "
+                                   "[engine] unservable_request to send")
+        if unservable and not {"prompt_tokens", "max_tokens"} <= set(unservable):
+            raise DeclarationError(f"{where}: [engine] unservable_request needs prompt_tokens "
+                                   "and max_tokens (and may give the reason the error names)")
         dtypes = list(engine.get("dtypes", ["float32"]))
         out.append(Profile(
             entry_point=entry_point, name=name, package=package, version=version,

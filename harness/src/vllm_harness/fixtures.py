@@ -52,7 +52,16 @@ def model_dir() -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir() -> str:
+    """The first two layers of the default model, for fast checks."""
+    from vllm_harness.models import prepare
+
+    return str(prepare("tiny", quiet=True))
+
+
+@pytest.fixture(scope="session")
 def tp2_model_dir() -> str:
+    """The default model with heads tensor parallelism 2 can split (see models.py)."""
     from vllm_harness.models import prepare
 
     return str(prepare("tp2", quiet=True))

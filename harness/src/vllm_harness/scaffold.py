@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  pip install -c ci/constraints.txt --no-build-isolation -e '{target}[test]'")
     print(f"  VLLM_PLUGINS={ident} python -c "
           "\"from vllm.platforms import current_platform; print(current_platform)\"")
-    print(f"  tox -e {args.name}          # the plugin's own tests")
+    print(f"  tox -e {args.name}          # its own tests, then the harness's suites on it")
     print(f"  python -m vllm_harness run --platform {ident} "
           "--suites registration,correctness,server --results results")
     print(f"then replace the CPU stand-ins in {target}/src/vllm_{ident}/ with your "

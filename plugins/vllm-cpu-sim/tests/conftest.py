@@ -9,12 +9,8 @@ is built once and its tests are pinned to one pytest-xdist worker through an
 from __future__ import annotations
 
 import os
-import socket
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_SIM", "1")
@@ -30,74 +26,19 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# The harness's shared fixtures: the default model and its variants, the
+# transformers model, the session's engine pool, a free loopback port.
+from vllm_harness.fixtures import (  # noqa: F401
+    engines,
+    free_port,
+    hf_model,
+    model_dir,
+    tiny_model_dir,
+    tp2_model_dir,
+)
+
 #: For the Ray test: the conformance suite covers output against transformers.
 PROMPTS = ["The quick brown fox", "1, 2, 3, 4,", "The capital of France is"]
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def model_dir() -> str:
-    from vllm_harness.models import prepare
-
-    return str(prepare("full", quiet=True))
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir() -> str:
-    from vllm_harness.models import prepare
-
-    return str(prepare("tiny", quiet=True))
-
-
-@pytest.fixture(scope="session")
-def tp2_model_dir() -> str:
-    """The default model with heads tensor parallelism 2 can split (see vllm_harness)."""
-    from vllm_harness.models import prepare
-
-    return str(prepare("tp2", quiet=True))
-
-
-@pytest.fixture(scope="session")
-def hf_model(model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    return tokenizer, model
-
-
-class Engines:
-    """Builds each engine configuration once per session and shuts all down at the end."""
-
-    def __init__(self) -> None:
-        self._engines: dict[str, object] = {}
-
-    def get(self, name: str, build: Callable[[], object]):
-        if name not in self._engines:
-            self._engines[name] = build()
-        return self._engines[name]
-
-    def close(self) -> None:
-        for engine in self._engines.values():
-            shutdown = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
-            if shutdown is not None:
-                shutdown.shutdown()
-        self._engines.clear()
-
-
-@pytest.fixture(scope="session")
-def engines() -> Iterator[Engines]:
-    pool = Engines()
-    yield pool
-    pool.close()
 
 
 def make_llm(model: str, **kwargs):
