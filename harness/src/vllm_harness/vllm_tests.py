@@ -73,10 +73,11 @@ from typing import Any
 import pytest
 from filelock import FileLock
 
+from vllm_harness import runner
 from vllm_harness.declaration import Profile
 from vllm_harness.judge import Cell, Results, combine, judge
 from vllm_harness.models import cache_root
-from vllm_harness.pytest_plugin import COMMON_ENV
+from vllm_harness.pytest_plugin import COMMON_ENV, is_refusal
 
 VLLM_VERSION = "0.32.0"
 SDIST = f"vllm-{VLLM_VERSION}.tar.gz"
@@ -292,7 +293,9 @@ class Outcome:
 
 
 def _is_refusal(exc: BaseException) -> bool:
-    return isinstance(exc, (ValueError, NotImplementedError)) and bool(str(exc).strip())
+    """The suites' notion of a clean refusal, which must also give its reason
+    (the message is all a vLLM test failure leaves for the scoreboard)."""
+    return is_refusal(exc) and bool(str(exc).strip())
 
 
 def merge_phases(nodeid: str, phases: list[dict[str, str]]) -> Outcome:
@@ -391,7 +394,7 @@ def run_group(profile: Profile, group: str, root: Path, model: str,
 
 
 def results_path(profile: Profile, results_dir: Path) -> Path:
-    return results_dir / f"{profile.column.replace('/', '__')}.vllm-tests.json"
+    return runner.results_path(results_dir, profile.column, "vllm-tests")
 
 
 def run(profile: Profile, results_dir: Path, groups: list[str] | None = None) -> bool:
