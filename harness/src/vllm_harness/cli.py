@@ -37,7 +37,7 @@ def _list(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     suites = args.suites.split(",") if args.suites else None
     ok = runner.run(_profiles(args.platform), _results_dir(args.results), suites,
-                    args.workers, args.pytest_args)
+                    args.workers, args.pytest_args, vllm_tests=args.vllm_tests)
     return 0 if ok else 1
 
 
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suites", help=f"comma-separated subset of: {','.join(SUITES)}")
     p.add_argument("--results", help=results_help)
     p.add_argument("-n", "--workers", type=int, default=2, help="pytest-xdist workers (2)")
+    p.add_argument("--vllm-tests", action="store_true",
+                   help="also run vLLM's own tests (as `vllm-tests` does), beside the suites")
     p.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
     p.set_defaults(func=_run)
 

@@ -48,8 +48,13 @@ def pytest_command(profile: Profile, results: Path, suites: list[str] | None,
 
 
 def run(profiles: list[Profile], results_dir: Path, suites: list[str] | None = None,
-        workers: int = 2, extra: list[str] | None = None) -> bool:
-    """Every profile in turn; True when every verdict of every profile is ok."""
+        workers: int = 2, extra: list[str] | None = None, vllm_tests: bool = False) -> bool:
+    """Every profile in turn; True when every verdict of every profile is ok.
+
+    With ``vllm_tests``, vLLM's own tests run beside the suites in a process of
+    their own: the suites leave a core idle while engines start, so the two
+    together take less time than one after the other.
+    """
     ok = True
     for profile in profiles:
         results = results_path(results_dir, profile.column, "suite")
@@ -59,9 +64,29 @@ def run(profiles: list[Profile], results_dir: Path, suites: list[str] | None = N
         print(f"== {profile.column} ({profile.package} {profile.version}, {profile.hardware})",
               flush=True)
         start = time.monotonic()
+        beside = _start_vllm_tests(profile, results_dir) if vllm_tests else None
         code = subprocess.call(cmd, env=env)
         print(f"== {profile.column}: pytest exit {code} in {time.monotonic() - start:.0f} s",
               flush=True)
         if code != 0 or not results.exists():
             ok = False
+        if beside is not None:
+            proc, log = beside
+            vllm_code = proc.wait()
+            print(log.read_text(), end="", flush=True)
+            print(f"== {profile.column}: vLLM's tests exit {vllm_code}, both done in "
+                  f"{time.monotonic() - start:.0f} s", flush=True)
+            ok &= vllm_code == 0
     return ok
+
+
+def _start_vllm_tests(profile: Profile, results_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """``vllm-harness vllm-tests`` for one profile, its output kept for after the suites'."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    log = results_dir / "logs" / f"{profile.column.replace('/', '__')}.vllm-tests.out"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "vllm_harness", "vllm-tests", "--platform", profile.column,
+           "--results", str(results_dir)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
