@@ -8,6 +8,7 @@ same name (``--dist loadgroup``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -79,8 +80,13 @@ def hf_model(model_dir: str) -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="session")
-def hf_greedy(hf_model: tuple[Any, Any]) -> list[list[int]]:
-    """transformers' greedy continuation of every prompt, EOS ignored."""
+def hf_tokenizer(model_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _greedy_by_hand(hf_model: tuple[Any, Any]) -> list[list[int]]:
     import torch
 
     tokenizer, model = hf_model
@@ -97,6 +103,36 @@ def hf_greedy(hf_model: tuple[Any, Any]) -> list[list[int]]:
                 step_ids = torch.tensor([[tokens[-1]]])
             out.append(tokens)
     return out
+
+
+@pytest.fixture(scope="session")
+def hf_greedy(request: pytest.FixtureRequest, model_dir: str) -> list[list[int]]:
+    """transformers' greedy continuation of every prompt, EOS ignored.
+
+    Computed once per machine for a given model, prompt set, transformers and
+    torch, and kept in the cache: every xdist worker and every platform profile
+    compares against the same reference, and only the first pays for it.
+    """
+    import torch
+    import transformers
+    from filelock import FileLock
+
+    from vllm_harness.models import MARKER, cache_root
+
+    key = {"model": (Path(model_dir) / MARKER).read_text(), "prompts": PROMPTS,
+           "max_tokens": MAX_TOKENS, "transformers": transformers.__version__,
+           "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_root() / "references" / f"{Path(model_dir).name}-greedy-{digest}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if path.is_file():
+            return json.loads(path.read_text())["greedy"]
+        greedy = _greedy_by_hand(request.getfixturevalue("hf_model"))
+        staging = path.with_suffix(".tmp")
+        staging.write_text(json.dumps({"key": key, "greedy": greedy}))
+        staging.rename(path)
+    return greedy
 
 
 def engine_kwargs(profile: Profile, **overrides: Any) -> dict[str, Any]:

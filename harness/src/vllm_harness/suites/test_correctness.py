@@ -82,11 +82,9 @@ def _teacher_forced_agreement(prompt_logprobs: list[list[dict[int, int]]],
     return agree / total
 
 
-def _server_agreement(server: Server, hf_model: tuple[Any, Any],
-                      hf_greedy: list[list[int]]) -> float:
+def _server_agreement(server: Server, tokenizer: Any, hf_greedy: list[list[int]]) -> float:
     import requests
 
-    tokenizer, _ = hf_model
     prompts = [tokenizer(p).input_ids + ref for p, ref in zip(PROMPTS, hf_greedy, strict=True)]
     ranks = []
     for ids in prompts:
@@ -102,23 +100,22 @@ def _server_agreement(server: Server, hf_model: tuple[Any, Any],
 @pytest.mark.xdist_group("server")
 @pytest.mark.feature("correctness.bf16")
 def test_bf16_top1_agrees_with_fp32(profile: Profile, server: Server, model_dir: str,
-                                    hf_model: tuple[Any, Any], hf_greedy: list[list[int]]):
+                                    hf_tokenizer: Any, hf_greedy: list[list[int]]):
     if server.dtype == "bfloat16":  # the server already runs it: ask it
-        rate = _server_agreement(server, hf_model, hf_greedy)
+        rate = _server_agreement(server, hf_tokenizer, hf_greedy)
     else:
-        rate = _engine_agreement(profile, model_dir, "bfloat16", hf_model, hf_greedy)
+        rate = _engine_agreement(profile, model_dir, "bfloat16", hf_tokenizer, hf_greedy)
     assert rate >= MIN_AGREEMENT, f"bfloat16 top-1 agreement {rate:.3f} < {MIN_AGREEMENT}"
 
 
 def _engine_agreement(profile: Profile, model_dir: str, dtype: str,
-                      hf_model: tuple[Any, Any], hf_greedy: list[list[int]]) -> float:
+                      tokenizer: Any, hf_greedy: list[list[int]]) -> float:
     """Agreement of an offline engine in ``dtype``; an unsupported dtype is refused
     when the engine is built."""
     from vllm import SamplingParams
 
     llm = make_llm(profile, model_dir, dtype=dtype)
     try:
-        tokenizer, _ = hf_model
         prompts = [tokenizer(p).input_ids + r for p, r in zip(PROMPTS, hf_greedy, strict=True)]
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                             SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))
@@ -131,7 +128,7 @@ def _engine_agreement(profile: Profile, model_dir: str, dtype: str,
 
 @pytest.mark.xdist_group("engine")
 @pytest.mark.feature("correctness.fp16")
-def test_fp16_top1_agrees_with_fp32(profile: Profile, model_dir: str, hf_model: tuple[Any, Any],
+def test_fp16_top1_agrees_with_fp32(profile: Profile, model_dir: str, hf_tokenizer: Any,
                                     hf_greedy: list[list[int]]):
-    rate = _engine_agreement(profile, model_dir, "float16", hf_model, hf_greedy)
+    rate = _engine_agreement(profile, model_dir, "float16", hf_tokenizer, hf_greedy)
     assert rate >= MIN_AGREEMENT, f"float16 top-1 agreement {rate:.3f} < {MIN_AGREEMENT}"

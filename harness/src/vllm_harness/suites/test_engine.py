@@ -81,7 +81,7 @@ def test_chunked_prefill_keeps_output(llm: Any, tight: Any):
     prompts = _story_prompts(2)
     expected = _ids(llm.generate(prompts, _greedy()))
     chunk = tight.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-    lengths = [len(o.prompt_token_ids) for o in llm.generate(prompts, _greedy(1))]
+    lengths = [len(ids) for ids in llm.get_tokenizer()(prompts).input_ids]
     assert min(lengths) > chunk, "every prompt must need more than one chunk"
     got = [_ids(tight.generate([p], _greedy()))[0] for p in prompts]  # one at a time
     assert got == expected, "chunked prefill changed the output"
@@ -92,7 +92,7 @@ def test_preemption_keeps_output(llm: Any, tight: Any, profile: Profile):
     prompts = _story_prompts(6)
     expected = _ids(llm.generate(prompts, _greedy()))
     blocks = tight.llm_engine.vllm_config.cache_config.num_gpu_blocks
-    lengths = [len(o.prompt_token_ids) for o in llm.generate(prompts, _greedy(1))]
+    lengths = [len(ids) for ids in llm.get_tokenizer()(prompts).input_ids]
     needed = sum(_prompt_blocks(profile, n) for n in lengths)
     assert needed > blocks, f"the batch needs {needed} blocks and fits the {blocks} there are"
     before = _counter(tight, "vllm:num_preemptions")
