@@ -66,6 +66,16 @@ class Profile:
     def column(self) -> str:
         return self.entry_point if self.name == "default" else f"{self.entry_point}/{self.name}"
 
+    @property
+    def file_stem(self) -> str:
+        """The column as a file name: results and logs of this profile start with it."""
+        return self.column.replace("/", "__")
+
+    def engine_args(self) -> dict[str, Any]:
+        """The ``vllm.LLM`` keyword arguments the declaration sets for every engine."""
+        return {"max_model_len": self.max_model_len, "block_size": self.block_size,
+                **self.args}
+
     def claims_feature(self, feature: str) -> bool:
         if feature in self.claims:
             return True

@@ -137,14 +137,7 @@ def hf_greedy(request: pytest.FixtureRequest, model_dir: str) -> list[list[int]]
 
 def engine_kwargs(profile: Profile, **overrides: Any) -> dict[str, Any]:
     """The engine arguments of this platform: the declaration's, then the test's."""
-    kwargs: dict[str, Any] = {
-        "max_model_len": profile.max_model_len,
-        "block_size": profile.block_size,
-        "disable_log_stats": False,
-    }
-    kwargs.update(profile.args)
-    kwargs.update(overrides)
-    return kwargs
+    return {"disable_log_stats": False, **profile.engine_args(), **overrides}
 
 
 def make_llm(profile: Profile, model: str, **overrides: Any) -> Any:

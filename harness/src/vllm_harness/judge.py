@@ -18,11 +18,6 @@ PASS, FAIL, REFUSED, SKIPPED, COULD_CLAIM = "pass", "fail", "refused", "skipped"
 ORDER = (FAIL, REFUSED, PASS, COULD_CLAIM, SKIPPED)
 
 
-class Refused(Exception):  # noqa: N818 - reads as what happened
-    """The platform refused a request or a setting with a reason (an HTTP 4xx,
-    a validation error). Raised by the suites' helpers, judged by the claim."""
-
-
 @dataclass
 class Verdict:
     status: str

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from vllm_harness import declaration
-from vllm_harness.judge import Cell, Refused, Results, judge
+from vllm_harness.judge import Cell, Results, judge
 
 #: Settings every harness process gets: no hub, loopback only.
 COMMON_ENV = {
@@ -77,7 +77,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def is_refusal(exc: BaseException) -> bool:
     """A clean refusal: an error that explains itself, raised before any
     wrong result (validation errors, 4xx answers, unsupported settings)."""
-    if isinstance(exc, Refused | NotImplementedError | ValueError):
+    if isinstance(exc, NotImplementedError | ValueError):
         return True
     try:
         import openai

@@ -22,8 +22,8 @@ from vllm_harness.pytest_plugin import COMMON_ENV
 TEST_TIMEOUT_S = 900
 
 
-def results_path(results_dir: Path, column: str, part: str) -> Path:
-    return results_dir / f"{column.replace('/', '__')}.{part}.json"
+def results_path(results_dir: Path, profile: Profile, part: str) -> Path:
+    return results_dir / f"{profile.file_stem}.{part}.json"
 
 
 def suite_modules(suites: list[str] | None) -> list[str]:
@@ -57,7 +57,7 @@ def run(profiles: list[Profile], results_dir: Path, suites: list[str] | None = N
     """
     ok = True
     for profile in profiles:
-        results = results_path(results_dir, profile.column, "suite")
+        results = results_path(results_dir, profile, "suite")
         results.unlink(missing_ok=True)
         env = dict(os.environ, **COMMON_ENV, **profile.process_env())
         cmd = pytest_command(profile, results, suites, workers, extra or [])
@@ -83,7 +83,7 @@ def run(profiles: list[Profile], results_dir: Path, suites: list[str] | None = N
 def _start_vllm_tests(profile: Profile, results_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """``vllm-harness vllm-tests`` for one profile, its output kept for after the suites'."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    log = results_dir / "logs" / f"{profile.column.replace('/', '__')}.vllm-tests.out"
+    log = results_dir / "logs" / f"{profile.file_stem}.vllm-tests.out"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vllm_harness", "vllm-tests", "--platform", profile.column,
            "--results", str(results_dir)]

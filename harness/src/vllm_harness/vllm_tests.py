@@ -279,8 +279,7 @@ def engine_kwargs(kwargs: dict[str, Any], defaults: dict[str, Any],
 
 def profile_defaults(profile: Profile) -> dict[str, Any]:
     """Engine settings every engine of the run gets unless the test sets them."""
-    return {"dtype": profile.dtypes[0], "max_model_len": profile.max_model_len,
-            "block_size": profile.block_size, **profile.args}
+    return {"dtype": profile.dtypes[0], **profile.engine_args()}
 
 
 # --- outcomes -----------------------------------------------------------------
@@ -394,7 +393,7 @@ def run_group(profile: Profile, group: str, root: Path, model: str,
 
 
 def results_path(profile: Profile, results_dir: Path) -> Path:
-    return runner.results_path(results_dir, profile.column, "vllm-tests")
+    return runner.results_path(results_dir, profile, "vllm-tests")
 
 
 def run(profile: Profile, results_dir: Path, groups: list[str] | None = None) -> bool:
@@ -416,7 +415,7 @@ def run(profile: Profile, results_dir: Path, groups: list[str] | None = None) ->
     ok = True
     for group in groups:
         start = time.monotonic()
-        log = results_dir / "logs" / f"{profile.column.replace('/', '__')}.{group}.log"
+        log = results_dir / "logs" / f"{profile.file_stem}.{group}.log"
         outcomes = run_group(profile, group, root, model, log=log)
         claimed = profile.claims_feature(group)
         cell = group_cell(outcomes, claimed)
