@@ -1,0 +1,110 @@
+"""Static batching: one batch at a time, each fitting one warmup shape.
+
+The device runs graphs compiled for fixed (prompt length, new tokens, batch
+size) shapes, so a batch starts only when the previous one has finished, and
+only with requests that all fit one shape. vLLM's V1 scheduler does the rest
+(KV blocks, prefill and decode steps, outputs): this subclass only decides
+which waiting requests it may see on each step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request
+
+from vllm_spyre_like import PLUGIN, get_logger
+from vllm_spyre_like.envs import (
+    WarmupShape,
+    describe,
+    fitting,
+    unfittable_message,
+    warmup_shapes,
+)
+
+logger = get_logger(__name__)
+
+
+def select_batch(waiting: list[Request], shapes: list[WarmupShape]
+                 ) -> tuple[list[Request], WarmupShape | None]:
+    """The requests of the next batch, in queue order, and the shape they fit.
+
+    Walks the queue in order and keeps a request while at least one shape
+    still fits the whole group including it (prompt and max_tokens within the
+    shape, group size within its batch size). A request that fits no shape
+    together with the group so far is left for a later batch; the walk stops
+    when no shape could take one more request.
+    """
+    group: list[Request] = []
+    candidates = list(shapes)
+    for request in waiting:
+        remaining = [s for s in candidates
+                     if s.fits(request.num_prompt_tokens, request.max_tokens)
+                     and len(group) < s.batch_size]
+        if not remaining:
+            continue
+        group.append(request)
+        candidates = remaining
+        if all(len(group) >= s.batch_size for s in candidates):
+            break
+    if not group:
+        return [], None
+    # the smallest shape the group fits: the least padding on a device
+    return group, min(candidates, key=lambda s: (s.prompt_len * s.batch_size, s.new_tokens))
+
+
+class StaticBatchingScheduler(Scheduler):
+    """vLLM's V1 scheduler, shown only the requests of the current batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.warmup_shapes = warmup_shapes(self.vllm_config.additional_config)
+        #: ids of the requests in the batch being run, and its shape
+        self.batch_ids: set[str] = set()
+        self.batch_shape: WarmupShape | None = None
+        logger.info("%s static batching with warmup shapes %s", PLUGIN,
+                    describe(self.warmup_shapes))
+
+    def add_request(self, request: Request) -> None:
+        """A request no warmup shape fits is refused here too, should it come past
+        the platform's ``validate_request`` (which refuses it up front, as HTTP 400)."""
+        if not fitting(self.warmup_shapes, request.num_prompt_tokens, request.max_tokens):
+            raise ValueError(unfittable_message(
+                self.warmup_shapes, request.num_prompt_tokens, request.max_tokens))
+        super().add_request(request)
+
+    def _batch_running(self) -> bool:
+        self.batch_ids = {
+            rid for rid in self.batch_ids
+            if (req := self.requests.get(rid)) is not None and not req.is_finished()
+        }
+        if not self.batch_ids:
+            self.batch_shape = None
+        return bool(self.batch_ids) or bool(self.running)
+
+    def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        # Every waiting request is taken out of the queue, in its order, so the
+        # base scheduler sees only the current batch's.
+        held: list[Request] = []
+        while self.waiting:
+            held.append(self.waiting.pop_request())
+        if self._batch_running():
+            admitted = [r for r in held if r.request_id in self.batch_ids]
+        else:
+            admitted, self.batch_shape = select_batch(held, self.warmup_shapes)
+            self.batch_ids = {r.request_id for r in admitted}
+            if admitted:
+                logger.debug("%s: new batch of %d requests for shape %s", PLUGIN,
+                             len(admitted), self.batch_shape)
+        admitted_ids = {id(r) for r in admitted}
+        for request in admitted:
+            self.waiting.add_request(request)
+        try:
+            return super().schedule(throttle_prefills)
+        finally:
+            # The others go back behind what is left of the batch, in order.
+            for request in held:
+                if id(request) not in admitted_ids:
+                    self.waiting.add_request(request)

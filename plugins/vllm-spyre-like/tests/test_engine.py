@@ -1,0 +1,93 @@
+"""The engine on the default model in float32 with one warmup shape (64, 20, 4):
+greedy output equals transformers' for prompts of several lengths batched
+together, and a request no shape fits is refused while the engine keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SHAPES
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engine")]
+
+#: From 2 to about 60 tokens, so one batch mixes short and long prompts.
+PROMPTS = [
+    "Hi",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village at the foot of the mountains, there lived an "
+    "old clockmaker who repaired every clock in the valley. One winter morning a stranger "
+    "knocked on his door carrying",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+    "Water boils at a temperature of",
+]
+MAX_TOKENS = 20
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir):
+    """Shut down at the end of the module, so the server test never runs beside it."""
+    from vllm import LLM
+
+    from vllm_harness.fixtures import shutdown
+
+    engine = LLM(model=model_dir, dtype="float32", max_model_len=256,
+                 enable_prefix_caching=False,
+                 additional_config={"spyre_like": {"warmup_shapes": SHAPES}})
+    yield engine
+    shutdown(engine)
+
+
+def hf_greedy(hf_model, prompt: str, n: int) -> list[int]:
+    import torch
+
+    tokenizer, model = hf_model
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    out: list[int] = []
+    past = None
+    with torch.no_grad():
+        for _ in range(n):
+            result = model(ids, past_key_values=past, use_cache=True)
+            past = result.past_key_values
+            out.append(int(result.logits[0, -1].argmax()))
+            ids = torch.tensor([[out[-1]]])
+    return out
+
+
+def test_greedy_equals_transformers_in_static_batches(llm, hf_model):
+    from vllm import SamplingParams
+
+    tokenizer, _ = hf_model
+    lengths = [len(tokenizer(p).input_ids) for p in PROMPTS]
+    assert min(lengths) <= 2 and 40 <= max(lengths) <= 64, lengths
+    # 6 prompts with batch size 4: two static batches
+    outs = llm.generate(PROMPTS, SamplingParams(max_tokens=MAX_TOKENS, temperature=0,
+                                                ignore_eos=True))
+    got = [list(o.outputs[0].token_ids) for o in outs]
+    want = [hf_greedy(hf_model, p, MAX_TOKENS) for p in PROMPTS]
+    diff = [(p, g, w) for p, g, w in zip(PROMPTS, got, want) if g != w]
+    assert not diff, f"{len(diff)}/{len(PROMPTS)} prompts differ: {diff[:2]}"
+    # and shorter max_tokens within the shape
+    short = llm.generate(PROMPTS[:3], SamplingParams(max_tokens=5, temperature=0,
+                                                     ignore_eos=True))
+    assert [list(o.outputs[0].token_ids) for o in short] == [w[:5] for w in want[:3]]
+
+
+@pytest.mark.parametrize(("prompt_tokens", "max_tokens"), [(65, 5), (10, 21)])
+def test_unfittable_request_is_refused_and_engine_keeps_serving(llm, prompt_tokens,
+                                                                 max_tokens):
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    with pytest.raises(ValueError, match=r"does not fit any warmup shape.*"
+                       r"\(prompt_len=64, new_tokens=20, batch_size=4\)"):
+        llm.generate(TokensPrompt(prompt_token_ids=[1] * prompt_tokens),
+                     SamplingParams(max_tokens=max_tokens))
+    (out,) = llm.generate("Hello", SamplingParams(max_tokens=3, temperature=0))
+    assert len(out.outputs[0].token_ids) >= 1
+
+
+def test_scheduler_and_shapes_in_the_engine(llm):
+    config = llm.llm_engine.vllm_config
+    assert config.scheduler_config.scheduler_cls == \
+        "vllm_spyre_like.scheduler.StaticBatchingScheduler"
+    assert config.scheduler_config.max_num_seqs == 4

@@ -1,0 +1,137 @@
+"""The static batching scheduler on its own: vLLM's V1 scheduler with a small
+KV cache, requests added and finished by hand, no model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+BLOCK = 16
+
+
+def make_scheduler(model_dir: str, shapes: list[list[int]], policy: str = "fcfs"):
+    from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
+    from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+    from vllm.v1.structured_output import StructuredOutputManager
+
+    from vllm_spyre_like.scheduler import StaticBatchingScheduler
+
+    model_config = ModelConfig(model=model_dir, dtype="float32", seed=0, max_model_len=256)
+    vllm_config = VllmConfig(
+        model_config=model_config,
+        scheduler_config=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=1024,
+                                         max_model_len=256, is_encoder_decoder=False,
+                                         policy=policy),
+        cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=False),
+        additional_config={"spyre_like": {"warmup_shapes": shapes}},
+    )
+    # the platform's hook put the static batching scheduler in place
+    assert vllm_config.scheduler_config.get_scheduler_cls() is StaticBatchingScheduler
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=1, head_size=1, dtype=torch.float32)
+    kv_cache_config = KVCacheConfig(num_blocks=1000, kv_cache_tensors=[],
+                                    kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
+    vllm_config.cache_config.num_gpu_blocks = 1000
+    register_all_kvcache_specs(vllm_config)
+    return StaticBatchingScheduler(
+        vllm_config=vllm_config, kv_cache_config=kv_cache_config, block_size=BLOCK,
+        structured_output_manager=StructuredOutputManager(vllm_config),
+    )
+
+
+def request(rid: str, prompt: int, max_tokens: int, priority: int = 0):
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.request import Request
+
+    params = SamplingParams(max_tokens=max_tokens)
+    params.update_from_generation_config({}, 2)
+    return Request(rid, list(range(3, 3 + prompt)), params, None, priority=priority)
+
+
+def scheduled(output) -> list[str]:
+    return [r.req_id for r in output.scheduled_new_reqs]
+
+
+def running(scheduler) -> list[str]:
+    return [r.request_id for r in scheduler.running]
+
+
+def finish(scheduler, ids):
+    from vllm.v1.request import RequestStatus
+
+    scheduler.finish_requests(ids, RequestStatus.FINISHED_STOPPED)
+
+
+@pytest.fixture
+def scheduler(tiny_model_dir):
+    return make_scheduler(tiny_model_dir, [[64, 20, 2], [128, 10, 3]])
+
+
+def test_batch_starts_only_when_the_previous_finished(scheduler):
+    for i in range(3):
+        scheduler.add_request(request(f"a{i}", 10, 20))
+    assert scheduled(scheduler.schedule()) == ["a0", "a1"]  # batch size 2 for 20 new tokens
+    scheduler.add_request(request("b0", 10, 5))
+    # the batch runs: nothing new is admitted, even though b0 would fit
+    assert scheduled(scheduler.schedule()) == []
+    assert running(scheduler) == ["a0", "a1"]
+    finish(scheduler, ["a0"])
+    assert scheduled(scheduler.schedule()) == []
+    assert running(scheduler) == ["a1"]
+    assert [r.request_id for r in scheduler.waiting] == ["a2", "b0"]
+    finish(scheduler, ["a1"])
+    assert scheduled(scheduler.schedule()) == ["a2", "b0"]
+
+
+def test_only_requests_fitting_one_shape_together(scheduler):
+    # a: only the (64, 20, 2) shape; b: only the (128, 10, 3) shape
+    for rid, prompt, new in [("a0", 10, 20), ("b0", 100, 5), ("b1", 90, 10), ("a1", 64, 11),
+                             ("b2", 65, 1)]:
+        scheduler.add_request(request(rid, prompt, new))
+    assert scheduled(scheduler.schedule()) == ["a0", "a1"]
+    finish(scheduler, ["a0", "a1"])
+    assert scheduled(scheduler.schedule()) == ["b0", "b1", "b2"]
+
+
+def test_batch_size_caps_the_batch_and_order_is_kept(scheduler):
+    for i in range(7):
+        scheduler.add_request(request(f"r{i}", 5, 10))  # fits both: the larger batch wins
+    assert scheduled(scheduler.schedule()) == ["r0", "r1", "r2"]
+    assert scheduler.batch_shape == (128, 10, 3)
+    finish(scheduler, ["r0", "r1", "r2"])
+    assert scheduled(scheduler.schedule()) == ["r3", "r4", "r5"]
+    finish(scheduler, ["r3", "r4", "r5"])
+    assert scheduled(scheduler.schedule()) == ["r6"]
+    assert scheduler.batch_shape == (64, 20, 2)  # the smaller shape, for one request
+
+
+def test_priority_order_is_kept(tiny_model_dir):
+    scheduler = make_scheduler(tiny_model_dir, [[64, 20, 2]], policy="priority")
+    for rid, priority in [("low", 5), ("high", 0), ("mid", 1)]:
+        scheduler.add_request(request(rid, 5, 5, priority))
+    assert scheduled(scheduler.schedule()) == ["high", "mid"]
+    finish(scheduler, ["high", "mid"])
+    assert scheduled(scheduler.schedule()) == ["low"]
+
+
+def test_unfittable_request_is_refused(scheduler):
+    with pytest.raises(ValueError, match=r"does not fit any warmup shape.*prompt_len=64"):
+        scheduler.add_request(request("big", 129, 1))
+    with pytest.raises(ValueError, match="warmup shape"):
+        scheduler.add_request(request("long", 10, 21))
+    assert not scheduler.waiting and "big" not in scheduler.requests
+
+
+def test_select_batch_skips_what_the_group_cannot_take():
+    from vllm_spyre_like.envs import WarmupShape
+    from vllm_spyre_like.scheduler import select_batch
+
+    class Req:
+        def __init__(self, prompt, new):
+            self.num_prompt_tokens, self.max_tokens = prompt, new
+
+    shapes = [WarmupShape(64, 20, 2), WarmupShape(128, 10, 3)]
+    reqs = [Req(10, 20), Req(100, 5), Req(20, 20), Req(5, 5)]
+    group, shape = select_batch(reqs, shapes)
+    assert group == [reqs[0], reqs[2]] and shape == shapes[0]
+    assert select_batch([], shapes) == ([], None)

@@ -1,0 +1,87 @@
+"""``vllm serve`` with warmup shapes from the environment: a request no shape
+fits gets HTTP 400 naming the shapes, and the server keeps serving."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("server")]
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, free_port, tmp_path_factory):
+    import requests
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = dict(os.environ,
+               VLLM_SPYRE_LIKE_WARMUP_PROMPT_LENS="64,128",
+               VLLM_SPYRE_LIKE_WARMUP_NEW_TOKENS="20,8",
+               VLLM_SPYRE_LIKE_WARMUP_BATCH_SIZES="4,2")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir,
+           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "m",
+           "--dtype", "float32", "--max-model-len", "256"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm serve exited:\n{log.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve not healthy in 300 s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield url, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def free_port():
+    from vllm_harness.fixtures import free_port as pick
+
+    return pick
+
+
+def complete(url: str, prompt, max_tokens: int):
+    import requests
+
+    return requests.post(f"{url}/v1/completions", timeout=120, json={
+        "model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+
+
+@pytest.mark.parametrize(("prompt_tokens", "max_tokens"), [(129, 4), (100, 9), (10, 21)])
+def test_unfittable_request_gets_400_naming_the_shapes(server, prompt_tokens, max_tokens):
+    url, _ = server
+    r = complete(url, [1] * prompt_tokens, max_tokens)
+    assert r.status_code == 400, (r.status_code, r.text)
+    message = r.json()["error"]["message"]
+    assert "does not fit any warmup shape" in message
+    assert "(prompt_len=64, new_tokens=20, batch_size=4)" in message
+    assert "(prompt_len=128, new_tokens=8, batch_size=2)" in message
+    # still serving, both shapes
+    ok = complete(url, "The capital of France is", 5)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["choices"][0]["text"]
+    ok = complete(url, [1] * 120, 8)
+    assert ok.status_code == 200, ok.text
+
+
+def test_activation_is_logged(server):
+    _, log = server
+    assert "Platform plugin spyre_like is activated" in log.read_text()
