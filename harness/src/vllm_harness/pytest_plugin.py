@@ -126,7 +126,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         "feature": feature, "status": verdict.status, "claimed": claimed,
         "detail": verdict.message, "nodeid": item.nodeid,
     }))
-    if verdict.ok and report.failed:  # a clean refusal of an unclaimed feature
+    if verdict.ok and report.failed and report.when == "setup":
+        # refused while building its fixture (e.g. the engine): there is no test
+        # to run, and pytest runs the call of a setup that passed
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, verdict.message)
+    elif verdict.ok and report.failed:  # a clean refusal of an unclaimed feature
         report.outcome = "passed"
         report.longrepr = None
     elif not verdict.ok:

@@ -27,3 +27,25 @@ from vllm_harness.fixtures import (  # noqa: F401
 
 #: The warmup shape of the engine tests: prompts up to 64 tokens, 20 new, 4 at a time.
 SHAPES = [[64, 20, 4]]
+
+
+def compile_stats(llm) -> dict:
+    (stats,) = llm.collective_rpc("compile_stats")
+    return stats
+
+
+def hf_greedy(hf: tuple, prompt: str, n: int) -> list[int]:
+    """transformers' greedy continuation of ``prompt`` (``hf``: the hf_model fixture)."""
+    import torch
+
+    tokenizer, model = hf
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    out: list[int] = []
+    past = None
+    with torch.no_grad():
+        for _ in range(n):
+            result = model(ids, past_key_values=past, use_cache=True)
+            past = result.past_key_values
+            out.append(int(result.logits[0, -1].argmax()))
+            ids = torch.tensor([[out[-1]]])
+    return out

@@ -1,11 +1,13 @@
-"""The engine on the default model in float32 with one warmup shape (64, 20, 4):
-greedy output equals transformers' for prompts of several lengths batched
-together, and a request no shape fits is refused while the engine keeps serving."""
+"""The engine on the default model in float32 with one warmup shape (64, 20, 4),
+its graphs compiled by Inductor: greedy output equals transformers' for prompts
+of several lengths batched together (padded to the shape), nothing is compiled
+after warmup, and a request no shape fits is refused while the engine keeps
+serving."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import SHAPES
+from conftest import SHAPES, compile_stats, hf_greedy
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engine")]
 
@@ -32,25 +34,10 @@ def llm(model_dir):
 
     engine = LLM(model=model_dir, dtype="float32", max_model_len=256,
                  enable_prefix_caching=False,
-                 additional_config={"spyre_like": {"warmup_shapes": SHAPES}})
+                 additional_config={"spyre_like": {"warmup_shapes": SHAPES,
+                                                   "compile_backend": "inductor"}})
     yield engine
     shutdown(engine)
-
-
-def hf_greedy(hf_model, prompt: str, n: int) -> list[int]:
-    import torch
-
-    tokenizer, model = hf_model
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    out: list[int] = []
-    past = None
-    with torch.no_grad():
-        for _ in range(n):
-            result = model(ids, past_key_values=past, use_cache=True)
-            past = result.past_key_values
-            out.append(int(result.logits[0, -1].argmax()))
-            ids = torch.tensor([[out[-1]]])
-    return out
 
 
 def test_greedy_equals_transformers_in_static_batches(llm, hf_model):
@@ -91,3 +78,23 @@ def test_scheduler_and_shapes_in_the_engine(llm):
     assert config.scheduler_config.scheduler_cls == \
         "vllm_spyre_like.scheduler.StaticBatchingScheduler"
     assert config.scheduler_config.max_num_seqs == 4
+
+
+def test_every_shape_compiled_at_warmup_and_nothing_after(llm):
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    stats = compile_stats(llm)
+    # shape (64, 20, 4): prefill padded to 4 x 64 tokens, decode to 4 requests
+    assert stats["backend"] == "inductor"
+    assert stats["prefill_sizes"] == [256] and stats["decode_sizes"] == [4]
+    assert sorted(int(n) for n in stats["warmup_seconds"]) == [4, 256]
+    assert stats["compilations"] == 2
+    # batches of 1 to 4 requests, prompts of 1 to 64 tokens, 1 to 20 new tokens
+    for count, prompt_tokens, max_tokens in [(1, 1, 1), (3, 64, 20), (4, 17, 2), (2, 40, 9)]:
+        llm.generate([TokensPrompt(prompt_token_ids=[5 + i] * prompt_tokens)
+                      for i in range(count)],
+                     SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+    after = compile_stats(llm)
+    assert after["compilations"] == stats["compilations"], "recompiled while serving"
+    assert after["unplanned_steps"] == 0

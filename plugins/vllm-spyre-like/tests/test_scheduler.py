@@ -1,5 +1,5 @@
-"""The static batching scheduler on its own: vLLM's V1 scheduler with a small
-KV cache, requests added and finished by hand, no model."""
+"""The schedulers on their own: vLLM's V1 scheduler with a KV cache, requests
+added, decoded and finished by hand, no model."""
 
 from __future__ import annotations
 
@@ -9,32 +9,39 @@ import torch
 BLOCK = 16
 
 
-def make_scheduler(model_dir: str, shapes: list[list[int]], policy: str = "fcfs"):
+def make_scheduler(model_dir: str, shapes: list[list[int]] | None, policy: str = "fcfs",
+                   max_num_seqs: int = 16, block: int = BLOCK, num_blocks: int = 1000):
+    """The static batching scheduler with ``shapes``, or with None the continuous one."""
     from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
     from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
     from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
     from vllm.v1.structured_output import StructuredOutputManager
 
-    from vllm_spyre_like.scheduler import StaticBatchingScheduler
+    from vllm_spyre_like.scheduler import (
+        ContinuousBatchingScheduler,
+        StaticBatchingScheduler,
+    )
 
+    settings = {"warmup_shapes": shapes} if shapes else {"mode": "continuous"}
+    cls = StaticBatchingScheduler if shapes else ContinuousBatchingScheduler
     model_config = ModelConfig(model=model_dir, dtype="float32", seed=0, max_model_len=256)
     vllm_config = VllmConfig(
         model_config=model_config,
-        scheduler_config=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=1024,
+        scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=1024,
                                          max_model_len=256, is_encoder_decoder=False,
                                          policy=policy),
-        cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=False),
-        additional_config={"spyre_like": {"warmup_shapes": shapes}},
+        cache_config=CacheConfig(block_size=block, enable_prefix_caching=False),
+        additional_config={"spyre_like": settings},
     )
-    # the platform's hook put the static batching scheduler in place
-    assert vllm_config.scheduler_config.get_scheduler_cls() is StaticBatchingScheduler
-    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=1, head_size=1, dtype=torch.float32)
-    kv_cache_config = KVCacheConfig(num_blocks=1000, kv_cache_tensors=[],
+    # the platform's hook put the scheduler of the mode in place
+    assert vllm_config.scheduler_config.get_scheduler_cls() is cls
+    spec = FullAttentionSpec(block_size=block, num_kv_heads=1, head_size=1, dtype=torch.float32)
+    kv_cache_config = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
                                     kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
-    vllm_config.cache_config.num_gpu_blocks = 1000
+    vllm_config.cache_config.num_gpu_blocks = num_blocks
     register_all_kvcache_specs(vllm_config)
-    return StaticBatchingScheduler(
-        vllm_config=vllm_config, kv_cache_config=kv_cache_config, block_size=BLOCK,
+    return cls(
+        vllm_config=vllm_config, kv_cache_config=kv_cache_config, block_size=block,
         structured_output_manager=StructuredOutputManager(vllm_config),
     )
 
@@ -135,3 +142,51 @@ def test_select_batch_skips_what_the_group_cannot_take():
     group, shape = select_batch(reqs, shapes)
     assert group == [reqs[0], reqs[2]] and shape == shapes[0]
     assert select_batch([], shapes) == ([], None)
+
+
+def decoded(scheduler, ids):
+    """Each request got its next token, as after a model step."""
+    for rid in ids:
+        scheduler.requests[rid].append_output_token_ids(7)
+
+
+def test_continuous_prefills_one_request_at_a_time_then_decodes_all(tiny_model_dir):
+    scheduler = make_scheduler(tiny_model_dir, None, max_num_seqs=2, block=64)
+    for rid, prompt in [("a", 10), ("b", 70), ("c", 5)]:
+        scheduler.add_request(request(rid, prompt, 20))
+    step = scheduler.schedule()
+    assert scheduled(step) == ["a"] and step.num_scheduled_tokens == {"a": 10}
+    decoded(scheduler, ["a"])
+    # a prefill step holds the new request alone: "a" does not decode in it
+    step = scheduler.schedule()
+    assert scheduled(step) == ["b"] and step.num_scheduled_tokens == {"b": 70}
+    decoded(scheduler, ["b"])
+    # max_num_seqs running: decode steps of every running request, nothing new
+    for _ in range(2):
+        step = scheduler.schedule()
+        assert scheduled(step) == [] and step.num_scheduled_tokens == {"a": 1, "b": 1}
+        decoded(scheduler, ["a", "b"])
+    assert [r.request_id for r in scheduler.waiting] == ["c"]
+    finish(scheduler, ["a"])
+    step = scheduler.schedule()
+    assert scheduled(step) == ["c"] and step.num_scheduled_tokens == {"c": 5}
+    decoded(scheduler, ["c"])
+    step = scheduler.schedule()
+    assert step.num_scheduled_tokens == {"b": 1, "c": 1}
+
+
+def test_continuous_decodes_when_no_block_is_free_for_a_prefill(tiny_model_dir):
+    # 8 blocks of 64 and the null block: two 250-token prompts fill them
+    scheduler = make_scheduler(tiny_model_dir, None, max_num_seqs=3, block=64, num_blocks=9)
+    scheduler.add_request(request("a", 250, 5))
+    assert scheduled(scheduler.schedule()) == ["a"]
+    decoded(scheduler, ["a"])
+    scheduler.add_request(request("b", 250, 5))
+    assert scheduled(scheduler.schedule()) == ["b"]
+    decoded(scheduler, ["b"])
+    scheduler.add_request(request("c", 250, 5))
+    # a slot is free but no block: the prefill step cannot start, so decodes run
+    assert scheduler.schedule().num_scheduled_tokens == {}
+    step = scheduler.schedule()
+    assert step.num_scheduled_tokens == {"a": 1, "b": 1}
+    assert [r.request_id for r in scheduler.waiting] == ["c"]

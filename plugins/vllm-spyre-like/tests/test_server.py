@@ -22,7 +22,8 @@ def server(model_dir, free_port, tmp_path_factory):
     env = dict(os.environ,
                VLLM_SPYRE_LIKE_WARMUP_PROMPT_LENS="64,128",
                VLLM_SPYRE_LIKE_WARMUP_NEW_TOKENS="20,8",
-               VLLM_SPYRE_LIKE_WARMUP_BATCH_SIZES="4,2")
+               VLLM_SPYRE_LIKE_WARMUP_BATCH_SIZES="4,2",
+               VLLM_SPYRE_LIKE_COMPILE_BACKEND="eager")
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir,
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "m",
            "--dtype", "float32", "--max-model-len", "256"]

@@ -44,21 +44,25 @@ def test_slot_mapping_matches_block_table_lookup():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_paged_attention_equals_sdpa(dtype):
-    """A decode, a prefill and a prefix-cache hit in one batch, in scattered blocks,
-    against SDPA over each request's contiguous K/V."""
+@pytest.mark.parametrize("requests", [
+    [(9, 1), (0, 6), (5, 3)],  # a decode, a prefill and a prefix-cache hit
+    [(9, 1), (2, 1), (20, 1), (0, 1)],  # a decode batch
+], ids=["mixed", "decode"])
+def test_paged_attention_equals_sdpa(dtype, requests):
+    """Requests (tokens already cached, new tokens) in scattered blocks, against
+    SDPA over each request's contiguous K/V."""
     from vllm_spyre_like.attention import (
         SpyreLikeAttentionImpl,
         SpyreLikeAttentionMetadata,
+        padded_batch,
     )
 
     torch.manual_seed(0)
-    requests = [(9, 1), (0, 6), (5, 3)]  # (tokens already cached, new tokens)
     num_blocks = 16
     # [blocks, kv_heads, block_size, 2 * head] over block-token-head memory, as vLLM allocates
     cache = torch.zeros(num_blocks, BLOCK, KV_HEADS, 2 * HEAD, dtype=dtype).permute(0, 2, 1, 3)
     free_blocks = torch.randperm(num_blocks).tolist()
-    table = torch.zeros(len(requests), 4, dtype=torch.int64)
+    table = torch.zeros(len(requests), 8, dtype=torch.int64)
     impl = SpyreLikeAttentionImpl(HEADS, HEAD, HEAD**-0.5, KV_HEADS)
     keys, values, queries, new_slots, expected = [], [], [], [], []
     for r, (cached, new) in enumerate(requests):
@@ -88,9 +92,11 @@ def test_paged_attention_equals_sdpa(dtype):
     query = torch.cat([*queries, torch.zeros(1, HEADS, HEAD, dtype=dtype)])
     impl.do_kv_cache_update(None, key, value, cache, torch.tensor([*new_slots, -1]))
     qsl = torch.tensor([0, *torch.tensor([n for _, n in requests]).cumsum(0).tolist()])
+    seq_lens = torch.tensor([c + n for c, n in requests])
+    kv_slots, mask, query_index, query_valid = padded_batch(qsl, seq_lens, table, BLOCK)
     meta = SpyreLikeAttentionMetadata(
-        num_actual_tokens=int(qsl[-1]), query_start_loc=qsl,
-        seq_lens=torch.tensor([c + n for c, n in requests]), block_table=table,
+        num_actual_tokens=int(qsl[-1]), kv_slots=kv_slots, mask=mask,
+        query_index=query_index, query_valid=query_valid,
         slot_mapping=torch.tensor([*new_slots, -1]),
     )
     output = torch.full((query.shape[0], HEADS * HEAD), float("nan"), dtype=dtype)

@@ -1,21 +1,26 @@
-"""Paged-KV attention in plain PyTorch, one request at a time.
+"""Paged-KV attention in plain PyTorch, on a padded batch, as a static-shape kernel runs.
 
 vLLM hands the backend a paged KV cache: fixed-size blocks, and per request a
 row of the block table naming its blocks in order. K and V of the scheduled
 tokens are written through ``slot_mapping`` (``block × block_size + offset``);
-each request then reads its whole context back through its block-table row
-and attends causally. Prefill, decode, chunked prefill and prefix-cache hits
-all take this one path.
+padding tokens have slot -1 and write nothing.
+
+Attention then runs once per layer for the whole step: the requests' query
+tokens are laid out as a [requests, longest query] batch and their cached
+context as [requests, longest context] (gathered through the block table),
+with a mask that lets each query see its own request's positions up to its
+own. Padded query rows are dropped from the output. Prefill, decode, chunked
+prefill and prefix-cache hits all take this one path, and the index tensors
+are built once per step in the metadata builder, shared by every layer.
 
 This is the place for your device's attention kernel: keep the metadata
 builder (it turns vLLM's batch description into what your kernel needs) and
-replace ``do_kv_cache_update`` and ``forward``. The loop over requests is
-for clarity; a kernel processes the whole batch at once.
+replace ``do_kv_cache_update`` and ``forward``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -76,15 +81,48 @@ class SpyreLikeAttentionMetadata:
     """One step's batch, as the attention layers of that step see it (host tensors)."""
 
     num_actual_tokens: int
-    # [num_reqs + 1] where each request's query tokens start in the flat batch
-    query_start_loc: torch.Tensor
-    # [num_reqs] tokens of each request in the cache after this step
-    seq_lens: torch.Tensor
-    # [num_reqs, max_blocks] cache blocks of each request, in order
-    block_table: torch.Tensor
-    # [num_tokens] cache slot of each scheduled token; -1 for padding
-    slot_mapping: torch.Tensor
-    causal: bool = True
+    # [requests, longest context] cache slot of each request's positions (0 past its end)
+    kv_slots: torch.Tensor
+    # [requests, longest query, longest context] what each query row may see
+    mask: torch.Tensor
+    # [requests, longest query] flat token of each query row, and which rows are real
+    query_index: torch.Tensor
+    query_valid: torch.Tensor
+    slot_mapping: torch.Tensor  # [tokens] cache slot of each token; -1 for padding
+    # the mask repeated for G query heads per KV head, built once per step
+    grouped_masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def grouped_mask(self, group: int) -> torch.Tensor:
+        """[requests, 1, G × longest query, longest context], rows ordered (head, query)."""
+        if group not in self.grouped_masks:
+            r, q, s = self.mask.shape
+            self.grouped_masks[group] = \
+                self.mask[:, None].expand(r, group, q, s).reshape(r, 1, group * q, s)
+        return self.grouped_masks[group]
+
+
+def padded_batch(query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                 block_table: torch.Tensor, block_size: int, causal: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """kv_slots, mask, query_index and query_valid of a step (see the metadata)."""
+    query_lens = query_start_loc[1:] - query_start_loc[:-1]
+    positions = torch.arange(int(seq_lens.max()))
+    kv_valid = positions[None, :] < seq_lens[:, None]
+    columns = (positions // block_size).clamp(max=block_table.shape[1] - 1)
+    kv_slots = block_table[:, columns] * block_size + positions % block_size
+    kv_slots = kv_slots.masked_fill(~kv_valid, 0)
+    rows = torch.arange(int(query_lens.max()))
+    query_valid = rows[None, :] < query_lens[:, None]
+    query_index = torch.where(query_valid, query_start_loc[:-1, None] + rows[None, :],
+                              query_start_loc[:-1, None])
+    mask = kv_valid[:, None, :].expand(-1, rows.shape[0], -1)
+    if causal:
+        # query row j of a request sits at position seq_len - query_len + j
+        query_pos = (seq_lens - query_lens)[:, None] + rows[None, :]
+        mask = mask & (positions[None, None, :] <= query_pos[:, :, None])
+    # a padded row sees position 0, so its softmax stays finite; it is dropped
+    mask = mask | (~query_valid[:, :, None] & (positions == 0)[None, None, :])
+    return kv_slots, mask, query_index, query_valid
 
 
 class SpyreLikeAttentionMetadataBuilder(
@@ -109,13 +147,15 @@ class SpyreLikeAttentionMetadataBuilder(
         if isinstance(meta.causal, torch.Tensor):
             raise NotImplementedError(f"{PLUGIN} attention has no per-request causality")
         n = meta.num_reqs
+        kv_slots, mask, query_index, query_valid = padded_batch(
+            meta.query_start_loc_cpu[: n + 1].to(torch.int64),
+            meta.seq_lens[:n].to("cpu", torch.int64),
+            meta.block_table_tensor[:n].to("cpu", torch.int64),
+            self.kv_cache_spec.block_size, bool(meta.causal))
         return SpyreLikeAttentionMetadata(
-            num_actual_tokens=meta.num_actual_tokens,
-            query_start_loc=meta.query_start_loc_cpu[: n + 1].to(torch.int64),
-            seq_lens=meta.seq_lens[:n].to("cpu", torch.int64),
-            block_table=meta.block_table_tensor[:n].to("cpu", torch.int64),
+            num_actual_tokens=meta.num_actual_tokens, kv_slots=kv_slots, mask=mask,
+            query_index=query_index, query_valid=query_valid,
             slot_mapping=meta.slot_mapping,
-            causal=bool(meta.causal),
         )
 
 
@@ -192,28 +232,25 @@ class SpyreLikeAttentionImpl(AttentionImpl):
             raise NotImplementedError(f"{PLUGIN} attention has no fused output quantization")
         if attn_metadata is None:  # profiling run: no cache bound yet
             return output
-        cache = flat_cache(kv_cache)
-        query = query.view(-1, self.num_heads, self.head_size)
-        out = output.view(output.shape[0], self.num_heads, self.head_size)
         meta = attn_metadata
-        block_size = kv_cache.shape[2]
-        for i in range(meta.seq_lens.shape[0]):
-            start, end = int(meta.query_start_loc[i]), int(meta.query_start_loc[i + 1])
-            seq_len = int(meta.seq_lens[i])
-            # The slot of each of the request's cached positions, through its block table.
-            positions = torch.arange(seq_len)
-            slots = meta.block_table[i, positions // block_size] * block_size \
-                + positions % block_size
-            kv = cache[slots].transpose(0, 1)  # [kv_heads, seq_len, 2 * head]
-            k, v = kv[..., : self.head_size], kv[..., self.head_size :]
-            q = query[start:end].transpose(0, 1)  # [heads, q_len, head]
-            # Query token j sits at position seq_len - q_len + j and sees the
-            # positions up to its own.
-            q_pos = seq_len - (end - start) + torch.arange(end - start)
-            mask = positions[None, :] <= q_pos[:, None] if meta.causal else None
-            attended = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, scale=self.scale,
-                enable_gqa=self.num_heads != self.num_kv_heads,
-            )
-            out[start:end] = attended.transpose(0, 1).to(out.dtype)
+        cache = flat_cache(kv_cache)
+        kv = cache[meta.kv_slots].transpose(1, 2)  # [reqs, kv_heads, ctx, 2 * head]
+        k, v = kv[..., : self.head_size], kv[..., self.head_size :]
+        # The G query heads of one KV head become G x Q rows of one attention
+        # call, instead of SDPA's enable_gqa, which copies K and V G times.
+        reqs, q_len = meta.query_index.shape
+        group = self.num_heads // self.num_kv_heads
+        q = query.view(-1, self.num_heads, self.head_size)[meta.query_index]
+        q = q.view(reqs, q_len, self.num_kv_heads, group, self.head_size)
+        q = q.permute(0, 2, 3, 1, 4).reshape(reqs, self.num_kv_heads, group * q_len, -1)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=meta.grouped_mask(group), scale=self.scale)
+        attended = attended.view(reqs, self.num_kv_heads, group, q_len, self.head_size)
+        attended = attended.permute(0, 3, 1, 2, 4)[meta.query_valid]  # [tokens, kv, G, head]
+        n = meta.num_actual_tokens
+        flat = output.view(output.shape[0], -1)
+        flat[:n] = attended.reshape(n, -1).to(output.dtype)
+        # Padded tokens' rows are uninitialised memory; left so, their NaNs and
+        # denormals flow into the next layers' matrix products and slow them down.
+        flat[n:] = 0
         return output

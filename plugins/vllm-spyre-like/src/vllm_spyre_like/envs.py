@@ -22,11 +22,19 @@ ENV_MEMORY = "VLLM_SPYRE_LIKE_DEVICE_MEMORY"
 ENV_PROMPT_LENS = "VLLM_SPYRE_LIKE_WARMUP_PROMPT_LENS"
 ENV_NEW_TOKENS = "VLLM_SPYRE_LIKE_WARMUP_NEW_TOKENS"
 ENV_BATCH_SIZES = "VLLM_SPYRE_LIKE_WARMUP_BATCH_SIZES"
-ENV_VARS = [ENV_ENABLE, ENV_MEMORY, ENV_PROMPT_LENS, ENV_NEW_TOKENS, ENV_BATCH_SIZES]
+#: "static" (default) or "continuous" batching
+ENV_MODE = "VLLM_SPYRE_LIKE_MODE"
+#: torch.compile backend of the per-shape graphs: inductor (default), aot_eager, eager
+ENV_BACKEND = "VLLM_SPYRE_LIKE_COMPILE_BACKEND"
+ENV_VARS = [ENV_ENABLE, ENV_MEMORY, ENV_PROMPT_LENS, ENV_NEW_TOKENS, ENV_BATCH_SIZES,
+            ENV_MODE, ENV_BACKEND]
+MODES = ("static", "continuous")
 
 #: additional_config section and key of the warmup shapes
 CONFIG_SECTION = PLUGIN
 CONFIG_SHAPES = f"additional_config.{PLUGIN}.warmup_shapes"
+
+CONFIG_KEYS = ("warmup_shapes", "mode", "compile_backend")
 
 #: Used when neither the environment nor additional_config gives shapes.
 DEFAULT_SHAPES_TEXT = "64", "20", "4"
@@ -132,10 +140,10 @@ def shapes_from_config(additional_config: Mapping[str, Any] | None) -> list[Warm
         return None
     if not isinstance(section, Mapping):
         raise ValueError(f"additional_config.{PLUGIN} must be a mapping, not {section!r}")
-    unknown = set(section) - {"warmup_shapes"}
+    unknown = set(section) - set(CONFIG_KEYS)
     if unknown:
         raise ValueError(f"unknown additional_config.{PLUGIN} keys {sorted(unknown)}; "
-                         "known keys: warmup_shapes")
+                         f"known keys: {', '.join(CONFIG_KEYS)}")
     raw = section.get("warmup_shapes")
     if raw is None:
         return None
@@ -175,3 +183,36 @@ def check_shapes(shapes: list[WarmupShape], max_model_len: int) -> None:
             f"max_model_len={max_model_len}; raise --max-model-len or shorten the shapes "
             f"({ENV_PROMPT_LENS}/{ENV_NEW_TOKENS} or {CONFIG_SHAPES})"
         )
+
+
+def _setting(additional_config: Mapping[str, Any] | None, key: str, env: str,
+             default: str, choices: Iterable[str], environ: Mapping[str, str] | None) -> str:
+    """A choice from additional_config (wins), else the environment, else the default."""
+    environ = os.environ if environ is None else environ
+    section = (additional_config or {}).get(CONFIG_SECTION) or {}
+    if isinstance(section, Mapping) and section.get(key) is not None:
+        value, where = section[key], f"additional_config.{PLUGIN}.{key}"
+    elif environ.get(env, "").strip():
+        value, where = environ[env], env
+    else:
+        return default
+    choices = tuple(choices)
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ValueError(f"{where}={value!r}; choose one of {', '.join(choices)}")
+    return text
+
+
+def batching_mode(additional_config: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> str:
+    """``static`` or ``continuous``."""
+    return _setting(additional_config, "mode", ENV_MODE, "static", MODES, environ)
+
+
+def compile_backend(additional_config: Mapping[str, Any] | None = None,
+                    environ: Mapping[str, str] | None = None) -> str:
+    """The torch.compile backend of the per-shape graphs."""
+    from vllm_spyre_like.graphs import BACKENDS
+
+    return _setting(additional_config, "compile_backend", ENV_BACKEND, "inductor",
+                    BACKENDS, environ)

@@ -1,10 +1,15 @@
-"""Static batching: one batch at a time, each fitting one warmup shape.
+"""The two schedulers of a static-shape device, as subclasses of vLLM's V1 scheduler.
 
-The device runs graphs compiled for fixed (prompt length, new tokens, batch
-size) shapes, so a batch starts only when the previous one has finished, and
-only with requests that all fit one shape. vLLM's V1 scheduler does the rest
-(KV blocks, prefill and decode steps, outputs): this subclass only decides
-which waiting requests it may see on each step.
+vLLM's scheduler does the work (KV blocks, prefill and decode steps,
+preemption, outputs); each subclass only decides which requests it may see
+on a step, so every step has a shape the device was compiled for.
+
+- Static batching: graphs for fixed (prompt length, new tokens, batch size)
+  shapes, so a batch starts only when the previous one has finished, and only
+  with requests that all fit one shape.
+- Continuous batching: a step either prefills one waiting request (its prompt
+  padded to a multiple of the block size) or decodes every running request
+  (the batch padded to a compiled batch size).
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ def select_batch(waiting: list[Request], shapes: list[WarmupShape]
     return group, min(candidates, key=lambda s: (s.prompt_len * s.batch_size, s.new_tokens))
 
 
+def _take_waiting(scheduler: Scheduler) -> list[Request]:
+    """Empty the waiting queue, returning its requests in queue order."""
+    held: list[Request] = []
+    while scheduler.waiting:
+        held.append(scheduler.waiting.pop_request())
+    return held
+
+
 class StaticBatchingScheduler(Scheduler):
     """vLLM's V1 scheduler, shown only the requests of the current batch."""
 
@@ -87,9 +100,7 @@ class StaticBatchingScheduler(Scheduler):
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
         # Every waiting request is taken out of the queue, in its order, so the
         # base scheduler sees only the current batch's.
-        held: list[Request] = []
-        while self.waiting:
-            held.append(self.waiting.pop_request())
+        held = _take_waiting(self)
         if self._batch_running():
             admitted = [r for r in held if r.request_id in self.batch_ids]
         else:
@@ -108,3 +119,41 @@ class StaticBatchingScheduler(Scheduler):
             for request in held:
                 if id(request) not in admitted_ids:
                     self.waiting.add_request(request)
+
+
+class ContinuousBatchingScheduler(Scheduler):
+    """vLLM's V1 scheduler, shown either one waiting request (a prefill step) or
+    the running ones (a decode step), never both."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: a prefill step that could not start (no KV blocks) lets decodes run next
+        self._prefill_stalled = False
+        logger.info("%s continuous batching: up to %d sequences of %d tokens", PLUGIN,
+                    self.max_num_running_reqs, self.max_model_len)
+
+    def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        if (self.waiting and len(self.running) < self.max_num_running_reqs
+                and not self._prefill_stalled):
+            output = self._prefill_step(throttle_prefills)
+            self._prefill_stalled = not output.num_scheduled_tokens
+            return output
+        self._prefill_stalled = False
+        held = _take_waiting(self)
+        try:
+            return super().schedule(throttle_prefills)
+        finally:
+            # after any request the step preempted, in queue order
+            for request in held:
+                self.waiting.add_request(request)
+
+    def _prefill_step(self, throttle_prefills: bool) -> SchedulerOutput:
+        held = _take_waiting(self)
+        running, self.running = self.running, []
+        self.waiting.add_request(held[0])
+        try:
+            return super().schedule(throttle_prefills)
+        finally:
+            self.running = running + self.running
+            for request in held[1:]:
+                self.waiting.add_request(request)
