@@ -47,8 +47,7 @@ logger = get_logger(__name__)
 #: the only one continuous batching takes. (Decode steps also run faster here
 #: with it than with vLLM's default of 16: a quarter of the block-table columns
 #: to gather through.)
-CONTINUOUS_BLOCK_SIZE = 64
-DEFAULT_BLOCK_SIZE = CONTINUOUS_BLOCK_SIZE
+BLOCK_SIZE = 64
 #: Largest decode batch continuous batching compiles graphs for.
 MAX_CONTINUOUS_BATCH = 32
 DTYPES = (torch.float32, torch.bfloat16)
@@ -85,7 +84,6 @@ class SpyreLikePlatform(Platform):
     #: (the front end's too, where validate_request runs)
     warmup_shapes: list[WarmupShape] = []  # noqa: RUF012
     max_model_len: int | None = None
-    mode: str = "static"
 
     @property
     def supported_dtypes(self) -> list[torch.dtype]:
@@ -248,20 +246,20 @@ class SpyreLikePlatform(Platform):
         """Block size 64, prompts prefilled whole, limits checked before any work."""
         cache_config = vllm_config.cache_config
         if cache_config.user_specified_block_size and \
-                cache_config.block_size != CONTINUOUS_BLOCK_SIZE:
+                cache_config.block_size != BLOCK_SIZE:
             raise ValueError(
                 f"{PLUGIN} continuous batching pages the KV cache in blocks of "
-                f"{CONTINUOUS_BLOCK_SIZE} tokens, not --block-size {cache_config.block_size}"
+                f"{BLOCK_SIZE} tokens, not --block-size {cache_config.block_size}"
             )
         scheduler_config = vllm_config.scheduler_config
         if vllm_config.model_config is not None:
             max_len = vllm_config.model_config.max_model_len
             cls.max_model_len = max_len
-            if max_len % CONTINUOUS_BLOCK_SIZE:
-                whole = max(CONTINUOUS_BLOCK_SIZE, max_len - max_len % CONTINUOUS_BLOCK_SIZE)
+            if max_len % BLOCK_SIZE:
+                whole = max(BLOCK_SIZE, max_len - max_len % BLOCK_SIZE)
                 raise ValueError(
                     f"{PLUGIN} continuous batching needs max_model_len to be a multiple of "
-                    f"{CONTINUOUS_BLOCK_SIZE} (prompts are padded to whole blocks), not "
+                    f"{BLOCK_SIZE} (prompts are padded to whole blocks), not "
                     f"{max_len}; use --max-model-len {whole}"
                 )
             if scheduler_config.max_num_batched_tokens < max_len:
@@ -288,7 +286,7 @@ class SpyreLikePlatform(Platform):
         # batching takes any, continuous batching refuses any but 64).
         cache_config = vllm_config.cache_config
         if not cache_config.user_specified_block_size:
-            cache_config.block_size = DEFAULT_BLOCK_SIZE
+            cache_config.block_size = BLOCK_SIZE
 
     @staticmethod
     def _set_scheduler(vllm_config: VllmConfig, scheduler: str) -> None:
@@ -301,9 +299,8 @@ class SpyreLikePlatform(Platform):
         from vllm.config import CompilationMode, CUDAGraphMode
 
         additional = vllm_config.additional_config
-        cls.mode = batching_mode(additional)
         compile_backend(additional)  # a bad choice fails here, in the user's process
-        if cls.mode == "continuous":
+        if batching_mode(additional) == "continuous":
             cls._configure_continuous(vllm_config)
         else:
             cls._configure_static(vllm_config)
