@@ -10,8 +10,10 @@ BLOCK = 16
 
 
 def make_scheduler(model_dir: str, shapes: list[list[int]] | None, policy: str = "fcfs",
-                   max_num_seqs: int = 16, block: int = BLOCK, num_blocks: int = 1000):
-    """The static batching scheduler with ``shapes``, or with None the continuous one."""
+                   max_num_seqs: int = 16, block: int = BLOCK, num_blocks: int = 1000,
+                   batch_wait_ms: float = 0):
+    """The static batching scheduler with ``shapes``, or with None the continuous one.
+    Static batches start without waiting for more requests unless ``batch_wait_ms``."""
     from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
     from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
     from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
@@ -22,7 +24,8 @@ def make_scheduler(model_dir: str, shapes: list[list[int]] | None, policy: str =
         StaticBatchingScheduler,
     )
 
-    settings = {"warmup_shapes": shapes} if shapes else {"mode": "continuous"}
+    settings = ({"warmup_shapes": shapes, "batch_wait_ms": batch_wait_ms} if shapes
+                else {"mode": "continuous"})
     cls = StaticBatchingScheduler if shapes else ContinuousBatchingScheduler
     model_config = ModelConfig(model=model_dir, dtype="float32", seed=0, max_model_len=256)
     vllm_config = VllmConfig(
@@ -119,6 +122,53 @@ def test_priority_order_is_kept(tiny_model_dir):
     assert scheduled(scheduler.schedule()) == ["high", "mid"]
     finish(scheduler, ["high", "mid"])
     assert scheduled(scheduler.schedule()) == ["low"]
+
+
+def test_a_batch_that_could_grow_waits_for_more_requests(tiny_model_dir):
+    scheduler = make_scheduler(tiny_model_dir, [[64, 20, 3]], batch_wait_ms=10_000)
+    scheduler.add_request(request("a0", 10, 20))
+    assert scheduled(scheduler.schedule()) == []  # the shape takes 3: held
+    scheduler.add_request(request("a1", 10, 20))
+    assert scheduled(scheduler.schedule()) == []
+    assert [r.request_id for r in scheduler.waiting] == ["a0", "a1"]
+    scheduler.add_request(request("a2", 10, 20))
+    assert scheduled(scheduler.schedule()) == ["a0", "a1", "a2"]  # full: starts at once
+
+
+def test_a_held_batch_starts_when_the_wait_runs_out(tiny_model_dir):
+    import time
+
+    scheduler = make_scheduler(tiny_model_dir, [[64, 20, 3]], batch_wait_ms=100)
+    scheduler.add_request(request("a0", 10, 20))
+    start = time.monotonic()
+    outputs = []
+    while not (ids := scheduled(scheduler.schedule())):
+        outputs.append(ids)
+        assert time.monotonic() - start < 5, "the held batch never started"
+    assert ids == ["a0"] and outputs  # held at least one step, then run alone
+    assert time.monotonic() - start >= 0.1
+    finish(scheduler, ["a0"])
+    # the wait starts again for the next batch
+    scheduler.add_request(request("b0", 10, 20))
+    assert scheduled(scheduler.schedule()) == []
+
+
+def test_a_batch_no_shape_could_grow_is_not_held(tiny_model_dir):
+    scheduler = make_scheduler(tiny_model_dir, [[64, 20, 1], [128, 10, 4]], batch_wait_ms=10_000)
+    scheduler.add_request(request("long", 10, 20))  # only the batch-of-one shape fits it
+    assert scheduled(scheduler.schedule()) == ["long"]
+
+
+def test_batch_wait_setting():
+    from vllm_spyre_like.envs import DEFAULT_BATCH_WAIT_MS, batch_wait_ms
+
+    assert batch_wait_ms({}, {}) == DEFAULT_BATCH_WAIT_MS
+    assert batch_wait_ms({}, {"VLLM_SPYRE_LIKE_BATCH_WAIT_MS": "0"}) == 0
+    assert batch_wait_ms({"spyre_like": {"batch_wait_ms": 5}},
+                         {"VLLM_SPYRE_LIKE_BATCH_WAIT_MS": "7.5"}) == 5
+    for bad in ("-1", "soon", "nan", "1e9"):
+        with pytest.raises(ValueError, match=r"VLLM_SPYRE_LIKE_BATCH_WAIT_MS.*milliseconds"):
+            batch_wait_ms({}, {"VLLM_SPYRE_LIKE_BATCH_WAIT_MS": bad})
 
 
 def test_unfittable_request_is_refused(scheduler):

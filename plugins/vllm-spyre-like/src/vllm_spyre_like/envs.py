@@ -26,15 +26,21 @@ ENV_BATCH_SIZES = "VLLM_SPYRE_LIKE_WARMUP_BATCH_SIZES"
 ENV_MODE = "VLLM_SPYRE_LIKE_MODE"
 #: torch.compile backend of the per-shape graphs: inductor (default), aot_eager, eager
 ENV_BACKEND = "VLLM_SPYRE_LIKE_COMPILE_BACKEND"
+#: how long (ms) static batching holds a batch that could still take more requests
+ENV_BATCH_WAIT = "VLLM_SPYRE_LIKE_BATCH_WAIT_MS"
 ENV_VARS = [ENV_ENABLE, ENV_MEMORY, ENV_PROMPT_LENS, ENV_NEW_TOKENS, ENV_BATCH_SIZES,
-            ENV_MODE, ENV_BACKEND]
+            ENV_MODE, ENV_BACKEND, ENV_BATCH_WAIT]
 MODES = ("static", "continuous")
 
 #: additional_config section and key of the warmup shapes
 CONFIG_SECTION = PLUGIN
 CONFIG_SHAPES = f"additional_config.{PLUGIN}.warmup_shapes"
 
-CONFIG_KEYS = ("warmup_shapes", "mode", "compile_backend")
+CONFIG_KEYS = ("warmup_shapes", "mode", "compile_backend", "batch_wait_ms")
+
+#: Requests sent together reach the engine one by one; this long a wait lets
+#: them share one padded batch instead of each partial batch paying the full shape.
+DEFAULT_BATCH_WAIT_MS = 50.0
 
 #: Used when neither the environment nor additional_config gives shapes.
 DEFAULT_SHAPES_TEXT = "64", "20", "4"
@@ -216,3 +222,23 @@ def compile_backend(additional_config: Mapping[str, Any] | None = None,
 
     return _setting(additional_config, "compile_backend", ENV_BACKEND, "inductor",
                     BACKENDS, environ)
+
+
+def batch_wait_ms(additional_config: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> float:
+    """How long static batching may hold a new batch for more requests (0: never)."""
+    environ = os.environ if environ is None else environ
+    section = (additional_config or {}).get(CONFIG_SECTION) or {}
+    if isinstance(section, Mapping) and section.get("batch_wait_ms") is not None:
+        value, where = section["batch_wait_ms"], f"additional_config.{PLUGIN}.batch_wait_ms"
+    elif environ.get(ENV_BATCH_WAIT, "").strip():
+        value, where = environ[ENV_BATCH_WAIT], ENV_BATCH_WAIT
+    else:
+        return DEFAULT_BATCH_WAIT_MS
+    try:
+        number = float(str(value).strip()) if not isinstance(value, bool) else -1.0
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 60_000:
+        raise ValueError(f"{where}={value!r}; give milliseconds from 0 to 60000")
+    return number

@@ -23,6 +23,7 @@ from vllm_spyre_like import PLUGIN, get_logger
 from vllm_spyre_like.envs import (
     ENV_VARS,
     WarmupShape,
+    batch_wait_ms,
     batching_mode,
     check_shapes,
     compile_backend,
@@ -225,6 +226,7 @@ class SpyreLikePlatform(Platform):
     def _configure_static(cls, vllm_config: VllmConfig) -> None:
         """The warmup shapes, and the scheduler that batches by them."""
         shapes = warmup_shapes(vllm_config.additional_config)
+        batch_wait_ms(vllm_config.additional_config)  # a bad value fails here, up front
         scheduler_config = vllm_config.scheduler_config
         if vllm_config.model_config is not None:
             cls.max_model_len = vllm_config.model_config.max_model_len

@@ -6,7 +6,10 @@ on a step, so every step has a shape the device was compiled for.
 
 - Static batching: graphs for fixed (prompt length, new tokens, batch size)
   shapes, so a batch starts only when the previous one has finished, and only
-  with requests that all fit one shape.
+  with requests that all fit one shape. Requests sent together reach the
+  engine one by one, so a batch that could still take more is held briefly
+  (``batch_wait_ms``) rather than run padded to its shape and make the rest
+  wait a whole batch.
 - Continuous batching: a step either prefills one waiting request (its prompt
   padded to a multiple of the block size) or decodes every running request
   (the batch padded to a compiled batch size).
@@ -14,6 +17,7 @@ on a step, so every step has a shape the device was compiled for.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from vllm.v1.core.sched.output import SchedulerOutput
@@ -23,6 +27,7 @@ from vllm.v1.request import Request
 from vllm_spyre_like import PLUGIN, get_logger
 from vllm_spyre_like.envs import (
     WarmupShape,
+    batch_wait_ms,
     describe,
     fitting,
     unfittable_message,
@@ -60,6 +65,15 @@ def select_batch(waiting: list[Request], shapes: list[WarmupShape]
     return group, min(candidates, key=lambda s: (s.prompt_len * s.batch_size, s.new_tokens))
 
 
+def could_grow(group: list[Request], shapes: list[WarmupShape]) -> bool:
+    """Whether some shape that fits every request of ``group`` has room for one more."""
+    return any(
+        len(group) < s.batch_size
+        and all(s.fits(r.num_prompt_tokens, r.max_tokens) for r in group)
+        for s in shapes
+    )
+
+
 def _take_waiting(scheduler: Scheduler) -> list[Request]:
     """Empty the waiting queue, returning its requests in queue order."""
     held: list[Request] = []
@@ -77,8 +91,12 @@ class StaticBatchingScheduler(Scheduler):
         #: ids of the requests in the batch being run, and its shape
         self.batch_ids: set[str] = set()
         self.batch_shape: WarmupShape | None = None
-        logger.info("%s static batching with warmup shapes %s", PLUGIN,
-                    describe(self.warmup_shapes))
+        self.batch_wait = batch_wait_ms(self.vllm_config.additional_config) / 1000
+        #: when the scheduler began holding a batch that could still grow
+        self._held_since: float | None = None
+        logger.info("%s static batching with warmup shapes %s; a batch waits up to "
+                    "%.0f ms for more requests", PLUGIN, describe(self.warmup_shapes),
+                    self.batch_wait * 1000)
 
     def add_request(self, request: Request) -> None:
         """A request no warmup shape fits is refused here too, should it come past
@@ -105,6 +123,8 @@ class StaticBatchingScheduler(Scheduler):
             admitted = [r for r in held if r.request_id in self.batch_ids]
         else:
             admitted, self.batch_shape = select_batch(held, self.warmup_shapes)
+            if admitted and self._hold(admitted):
+                admitted, self.batch_shape = [], None
             self.batch_ids = {r.request_id for r in admitted}
             if admitted:
                 logger.debug("%s: new batch of %d requests for shape %s", PLUGIN,
@@ -119,6 +139,27 @@ class StaticBatchingScheduler(Scheduler):
             for request in held:
                 if id(request) not in admitted_ids:
                     self.waiting.add_request(request)
+
+
+    def _hold(self, group: list[Request]) -> bool:
+        """Whether to hold back ``group`` this step, waiting for more requests.
+
+        Holds while a shape could take more and the wait has not run out. The
+        engine loop has nothing else to run then, so a short sleep keeps it
+        from spinning (and from starving the thread that receives requests).
+        """
+        if self.batch_wait <= 0 or not could_grow(group, self.warmup_shapes):
+            self._held_since = None
+            return False
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        left = self._held_since + self.batch_wait - now
+        if left <= 0:
+            self._held_since = None
+            return False
+        time.sleep(min(left, 0.001))
+        return True
 
 
 class ContinuousBatchingScheduler(Scheduler):
