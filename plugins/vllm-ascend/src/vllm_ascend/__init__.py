@@ -1,0 +1,80 @@
+"""vllm-ascend: vLLM on Huawei Ascend NPUs through torch_npu, or emulated on the CPU.
+
+The platform activates only where it can run: torch_npu imports (CANN is
+present) and an NPU is visible, or NPU emulation is selected explicitly
+(``VLLM_ASCEND_EMULATE=1``). Anywhere else ``register`` logs one line saying
+why and returns None, so this package can sit next to other platform plugins.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
+
+__version__ = "0.1.0"
+
+PLUGIN = "ascend"
+NPU_PLATFORM = "vllm_ascend.platform.NPUPlatform"
+EMULATED_PLATFORM = "vllm_ascend.platform.EmulatedNPUPlatform"
+#: "1" selects NPU emulation on the CPU; "0" keeps the plugin off
+ENV_EMULATE = "VLLM_ASCEND_EMULATE"
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger inside vLLM's hierarchy, so ``VLLM_LOGGING_LEVEL`` applies."""
+    from vllm.logger import init_logger
+
+    return init_logger(f"vllm.{name}")
+
+
+def _npu_visible() -> tuple[bool, str]:
+    """Whether torch_npu imports and sees an NPU, and if not, why."""
+    try:
+        import torch_npu  # noqa: F401  (registers torch.npu)
+    except Exception as error:  # without CANN: ImportError, or RuntimeError from torch
+        return False, f"torch_npu does not import ({type(error).__name__}: {error})"
+    import torch
+
+    try:
+        count = torch.npu.device_count()
+    except Exception as error:
+        return False, f"torch.npu cannot count devices ({error})"
+    if count <= 0:
+        return False, "torch_npu sees no NPU (check ASCEND_RT_VISIBLE_DEVICES)"
+    return True, ""
+
+
+def register() -> str | None:
+    """The ``vllm.platform_plugins`` entry point."""
+    from vllm_ascend import npu_ops
+
+    choice = os.environ.get(ENV_EMULATE, "").strip().lower()
+    if choice in ("1", "true", "on", "yes"):
+        npu_ops.select(emulated=True)
+        return _activate(EMULATED_PLATFORM)
+    if choice in ("0", "false", "off", "no"):
+        return None
+    if choice:
+        get_logger(__name__).warning(
+            "%s=%r is not understood (use 1 or 0); vllm-ascend stays inactive", ENV_EMULATE,
+            choice)
+        return None
+    visible, why = _npu_visible()
+    if not visible:
+        # A warning, not info: vLLM configures its logging only after choosing
+        # the platform, and until then only warnings reach the terminal.
+        get_logger(__name__).warning(
+            "vllm-ascend inactive: %s; set %s=1 to emulate the NPU on the CPU", why, ENV_EMULATE)
+        return None
+    npu_ops.select(emulated=False)
+    return _activate(NPU_PLATFORM)
+
+
+def _activate(platform: str) -> str:
+    from vllm_ascend import patches
+
+    patches.apply()
+    return platform

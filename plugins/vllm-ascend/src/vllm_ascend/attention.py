@@ -1,0 +1,226 @@
+"""Attention on the NPU: torch_npu's paged-cache write and fused inference attention.
+
+Per layer and step, two NPU ops:
+
+- ``npu_scatter_pa_kv_cache`` writes the step's K and V into separate K and V
+  caches of [blocks, block_size, kv_heads, head_dim] (ND layout, ``cache_mode
+  'Norm'``) at each token's slot;
+- ``npu_fused_infer_attention_score`` computes attention for the whole batch
+  in TND layout: queries [tokens, heads, head_dim] with the cumulative query
+  lengths, and the shared 2048x2048 compressed causal mask with
+  ``sparse_mode=3`` (each query sees its request's positions up to its own).
+  A batch of fresh prompts (no cached context) reads K and V straight from the
+  step's tensors; every other batch reads the paged cache through the block
+  table, with each request's context length.
+
+The metadata builder classifies the batch (fresh prefill, prefix-cache hit,
+decode only, chunked prefill) and prepares the host-side length lists the
+kernel takes, once per step for all layers.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass
+from functools import cache
+from itertools import pairwise
+from typing import ClassVar
+
+import torch
+from vllm.config import VllmConfig
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionLayer,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+from vllm.v1.attention.backends.registry import register_backend
+from vllm.v1.kv_cache_interface import AttentionSpec
+
+from vllm_ascend import npu_ops
+from vllm_ascend.emulation import COMPRESSED_MASK_SIZE
+
+NAME = "ASCEND_ATTN"
+
+
+class AttentionState(enum.Enum):
+    """What kind of batch a step is, as the NPU kernels distinguish them."""
+
+    PREFILL_NO_CACHE = "prefill without cached context"
+    PREFILL_CACHE_HIT = "prefill after a prefix-cache hit"
+    DECODE_ONLY = "decode only"
+    CHUNKED_PREFILL = "mixed prefill and decode"
+
+
+def classify(query_lens: list[int], seq_lens: list[int]) -> AttentionState:
+    if all(q == 1 for q in query_lens) and all(s > 1 for s in seq_lens):
+        return AttentionState.DECODE_ONLY
+    if all(q == s for q, s in zip(query_lens, seq_lens)):
+        return AttentionState.PREFILL_NO_CACHE
+    if all(q > 1 for q in query_lens):
+        return AttentionState.PREFILL_CACHE_HIT
+    return AttentionState.CHUNKED_PREFILL
+
+
+#: batches of each state built in this process, by state name (for tests and logs)
+states_seen: Counter[str] = Counter()
+
+
+@cache
+def compressed_causal_mask(device: torch.device) -> torch.Tensor:
+    """The one 2048x2048 int8 mask ``sparse_mode=3`` needs: 1 above the diagonal."""
+    ones = torch.ones(COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE, dtype=torch.int8)
+    return torch.triu(ones, diagonal=1).to(device)
+
+
+# vLLM looks backends up by name in its registry; a dynamic entry is how an
+# out-of-tree backend gets one.
+@register_backend(NAME)
+class AscendAttentionBackend(AttentionBackend):
+    # The cache write happens in forward, where the step's metadata is at hand.
+    forward_includes_kv_cache_update: bool = True
+    accept_output_buffer: bool = True
+    supported_dtypes: ClassVar[list[torch.dtype]] = [
+        torch.float16, torch.bfloat16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list] = ["auto", "float16", "bfloat16", "float32"]
+
+    @staticmethod
+    def get_name() -> str:
+        return NAME
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list[int | MultipleOf]:
+        # fused attention over a paged cache takes 128 to 512, multiples of 128
+        return [MultipleOf(128)]
+
+    @staticmethod
+    def get_impl_cls() -> type[AscendAttentionImpl]:
+        return AscendAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[AscendMetadataBuilder]:
+        return AscendMetadataBuilder
+
+
+@dataclass
+class AscendMetadata:
+    """One step's batch as the NPU kernels take it."""
+
+    state: AttentionState
+    num_actual_tokens: int
+    # host lists: cumulative query ends (TND), and each request's length in tokens
+    cumulative_query_lens: list[int]
+    seq_lens: list[int]
+    block_table: torch.Tensor  # [requests, blocks] int32
+    slot_mapping: torch.Tensor  # [actual tokens]
+    mask: torch.Tensor
+
+
+class AscendMetadataBuilder(AttentionMetadataBuilder[AscendMetadata]):
+    def __init__(self, kv_cache_spec: AttentionSpec, layer_names: list[str],
+                 vllm_config: VllmConfig, device: torch.device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.device = device
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> AscendMetadata:
+        meta = common_attn_metadata
+        if isinstance(meta.causal, torch.Tensor) or not meta.causal:
+            raise NotImplementedError("vllm-ascend attention serves causal decoders only")
+        n = meta.num_reqs
+        starts = meta.query_start_loc_cpu[: n + 1].tolist()
+        seq_lens = meta.seq_lens[:n].cpu().tolist()
+        query_lens = [b - a for a, b in pairwise(starts)]
+        state = classify(query_lens, seq_lens)
+        states_seen[state.name] += 1
+        return AscendMetadata(
+            state=state,
+            num_actual_tokens=meta.num_actual_tokens,
+            cumulative_query_lens=starts[1:],
+            seq_lens=seq_lens,
+            block_table=meta.block_table_tensor[:n].to(torch.int32),
+            slot_mapping=meta.slot_mapping[: meta.num_actual_tokens],
+            mask=compressed_causal_mask(self.device),
+        )
+
+
+class AscendAttentionImpl(AttentionImpl):
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        alibi_slopes: list[float] | None = None,
+        sliding_window: int | None = None,
+        kv_cache_dtype: str = "auto",
+        logits_soft_cap: float | None = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        sinks: torch.Tensor | None = None,
+    ) -> None:
+        unsupported = {
+            "ALiBi": alibi_slopes is not None,
+            "sliding window": sliding_window is not None,
+            "logits soft cap": bool(logits_soft_cap),
+            "attention sinks": sinks is not None,
+            f"attention type {attn_type}": attn_type != AttentionType.DECODER,
+            "a shared KV cache": kv_sharing_target_layer_name is not None,
+        }
+        missing = [what for what, used in unsupported.items() if used]
+        if missing:
+            raise NotImplementedError(f"vllm-ascend attention does not support "
+                                      f"{', '.join(missing)}")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+
+    def forward(
+        self,
+        layer: AttentionLayer,
+        query: torch.Tensor,  # [tokens, heads * head]
+        key: torch.Tensor,  # [tokens, kv_heads * head]
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,  # [2, blocks, block_size, kv_heads, head]
+        attn_metadata: AscendMetadata | None,
+        output: torch.Tensor,  # [tokens, heads * head], written in place
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("vllm-ascend attention has no fused output quantization")
+        if attn_metadata is None:  # profiling run: no cache bound yet
+            return output
+        meta = attn_metadata
+        n = meta.num_actual_tokens
+        # the kernels take contiguous inputs; K and V arrive as slices of QKV
+        key = key[:n].reshape(n, self.num_kv_heads, self.head_size).contiguous()
+        value = value[:n].reshape(n, self.num_kv_heads, self.head_size).contiguous()
+        key_cache, value_cache = kv_cache[0], kv_cache[1]
+        npu_ops.npu_scatter_pa_kv_cache(key, value, key_cache, value_cache,
+                                        meta.slot_mapping, cache_mode="Norm")
+        common = dict(
+            atten_mask=meta.mask, actual_seq_lengths=meta.cumulative_query_lens,
+            num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
+            scale=self.scale, input_layout="TND", sparse_mode=3)
+        query = query[:n].view(n, self.num_heads, self.head_size)
+        if meta.state is AttentionState.PREFILL_NO_CACHE:
+            attended, _ = npu_ops.npu_fused_infer_attention_score(
+                query, key, value, actual_seq_lengths_kv=meta.cumulative_query_lens, **common)
+        else:
+            blocks, block_size = key_cache.shape[:2]
+            attended, _ = npu_ops.npu_fused_infer_attention_score(
+                query, key_cache.view(blocks, block_size, -1),
+                value_cache.view(blocks, block_size, -1), block_table=meta.block_table,
+                block_size=block_size, actual_seq_lengths_kv=meta.seq_lens, **common)
+        out = output.view(output.shape[0], -1)
+        out[:n] = attended.reshape(n, -1)
+        out[n:] = 0  # padded rows: never uninitialised memory in the next layer
+        return output

@@ -1,0 +1,367 @@
+"""Reference implementations of the torch_npu ops this plugin calls, in plain PyTorch.
+
+Each function has the name, argument order, defaults, layouts and return
+tuple of the torch_npu op (``torch_npu/_op_plugin_docs.py`` and the meta
+registrations in the torch-npu 2.13.0 wheel), and computes what its
+documentation says. Arguments the plugin does not use raise
+``NotImplementedError`` naming them, so a new use is never silently wrong;
+inputs the NPU kernel rejects (wrong layout, out-of-range slots, a wrong
+compressed mask) raise ``ValueError`` here too.
+
+Numerics: NPU kernels accumulate in float32 and round once to the input
+dtype; so do these. float32 inputs are accepted everywhere, for checking
+against transformers, though some kernels take only float16/bfloat16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: The ``sparse_mode`` 2, 3 and 4 masks are this size: the kernel derives each
+#: request's causal mask from one shared upper-triangular block.
+COMPRESSED_MASK_SIZE = 2048
+
+
+def _unsupported(op: str, **given: Any) -> None:
+    used = [name for name, value in given.items()
+            if value is not None and value is not False and value != []]
+    if used:
+        raise NotImplementedError(f"{op}: the emulation does not implement {', '.join(used)}")
+
+
+# --- normalisation and activation -------------------------------------------------
+
+def _rstd_shape(x: torch.Tensor, gamma: torch.Tensor) -> list[int]:
+    keep = x.dim() - gamma.dim()
+    return [x.shape[i] if i < keep else 1 for i in range(x.dim())]
+
+
+def _rms(x: torch.Tensor, gamma: torch.Tensor, epsilon: float
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    if tuple(x.shape[x.dim() - gamma.dim():]) != tuple(gamma.shape):
+        raise ValueError(f"gamma {tuple(gamma.shape)} must match the last dims of x "
+                         f"{tuple(x.shape)}")
+    dims = tuple(range(x.dim() - gamma.dim(), x.dim()))
+    xf = x.float()
+    rstd = torch.rsqrt(xf.pow(2).mean(dim=dims, keepdim=True) + epsilon)
+    return xf * rstd * gamma.float(), rstd.reshape(_rstd_shape(x, gamma))
+
+
+def npu_rms_norm(self: torch.Tensor, gamma: torch.Tensor, epsilon: float = 1e-6
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, rstd): y = x / sqrt(mean(x², over gamma's dims) + ε) · γ; rstd in float32."""
+    y, rstd = _rms(self, gamma, epsilon)
+    return y.to(self.dtype), rstd
+
+
+def npu_add_rms_norm(x1: torch.Tensor, x2: torch.Tensor, gamma: torch.Tensor,
+                     epsilon: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, rstd, x): RMSNorm of x = x1 + x2; the third output, x in the input
+    dtype, is what a decoder layer carries on as its residual."""
+    if x1.shape != x2.shape or x1.dtype != x2.dtype:
+        raise ValueError("npu_add_rms_norm: x1 and x2 must have one shape and dtype")
+    summed = x1.float() + x2.float()
+    y, rstd = _rms(summed, gamma, epsilon)
+    return y.to(x1.dtype), rstd, summed.to(x1.dtype)
+
+
+def npu_swiglu(self: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """swish(A) · B, where A and B are the two halves of the input along ``dim``."""
+    if self.shape[dim] % 2:
+        raise ValueError(f"npu_swiglu: dim {dim} of size {self.shape[dim]} is odd")
+    a, b = self.float().chunk(2, dim=dim)
+    return (F.silu(a) * b).to(self.dtype)
+
+
+# --- rotary position embedding ------------------------------------------------------
+
+def _rotate(x: torch.Tensor, rotary_mode: str) -> torch.Tensor:
+    if rotary_mode == "half":
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+    if rotary_mode == "interleave":
+        x1, x2 = x[..., ::2], x[..., 1::2]
+        return torch.stack((-x2, x1), dim=-1).flatten(-2)
+    raise ValueError(f"rotary_mode must be 'half' or 'interleave', not {rotary_mode!r}")
+
+
+def npu_rotary_mul(self: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor,
+                   rotary_mode: str = "half", rotate: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """r1 · x + r2 · rotate(x) on 4-D inputs (cos = r1, sin = r2, broadcast)."""
+    if self.dim() != 4 or r1.dim() != 4 or r2.dim() != 4:
+        raise ValueError("npu_rotary_mul takes 4-D input, r1 and r2")
+    xf = self.float()
+    turned = xf @ rotate.float() if rotate is not None else _rotate(xf, rotary_mode)
+    return (r1.float() * xf + r2.float() * turned).to(self.dtype)
+
+
+def npu_mrope(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+              cos_sin_cache: torch.Tensor, head_size: int, *,
+              mrope_section: Sequence[int] | None = None, rotary_mode: str = "half",
+              cache_mode: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+    """(query, key) rotated by the positions' rows of ``cos_sin_cache``.
+
+    ``cos_sin_cache`` is (max positions, rotary_dim): cos in the first half of
+    a row, sin in the second. 1-D positions are plain RoPE; (3, tokens)
+    positions with ``mrope_section`` take the cos/sin of each section from its
+    own row (multimodal RoPE). Query and key are 2-D (tokens, heads ·
+    head_size); dims past rotary_dim pass through.
+    """
+    if cache_mode != "default":
+        raise NotImplementedError(f"npu_mrope: cache_mode={cache_mode!r} is not emulated")
+    if query.dim() != 2 or key.dim() != 2 or cos_sin_cache.dim() != 2:
+        raise ValueError("npu_mrope takes 2-D query, key and cos_sin_cache")
+    rotary_dim = cos_sin_cache.shape[-1]
+    if positions.numel() and int(positions.max()) >= cos_sin_cache.shape[0]:
+        raise ValueError(f"npu_mrope: position {int(positions.max())} is outside the cache "
+                         f"of {cos_sin_cache.shape[0]} positions")
+    cos_sin = cos_sin_cache.float()[positions.long()]
+    cos, sin = cos_sin.chunk(2, dim=-1)
+    if positions.dim() == 2:
+        sections = list(mrope_section or [])
+        if positions.shape[0] != 3 or sum(sections) != rotary_dim // 2:
+            raise ValueError("npu_mrope: (3, tokens) positions need mrope_section summing "
+                             "to rotary_dim / 2")
+        cos = torch.cat([part[i] for i, part in enumerate(cos.split(sections, dim=-1))], -1)
+        sin = torch.cat([part[i] for i, part in enumerate(sin.split(sections, dim=-1))], -1)
+    elif positions.dim() != 1:
+        raise ValueError("npu_mrope: positions must be (tokens,) or (3, tokens)")
+    if rotary_mode == "half":
+        cos, sin = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
+    else:
+        cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+
+    def rotated(x: torch.Tensor) -> torch.Tensor:
+        heads = x.view(x.shape[0], -1, head_size).float()
+        rot, rest = heads[..., :rotary_dim], heads[..., rotary_dim:]
+        rot = rot * cos[:, None] + _rotate(rot, rotary_mode) * sin[:, None]
+        return torch.cat((rot, rest), dim=-1).reshape(x.shape).to(x.dtype)
+
+    return rotated(query), rotated(key)
+
+
+# --- paged KV cache and attention ---------------------------------------------------
+
+def npu_scatter_pa_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
+                            value_cache: torch.Tensor, slot_mapping: torch.Tensor, *,
+                            compress_lens: torch.Tensor | None = None,
+                            compress_seq_offsets: torch.Tensor | None = None,
+                            seq_lens: torch.Tensor | None = None,
+                            cache_mode: str | None = "PA_NZ") -> None:
+    """Write each token's K and V at its slot (block · block_size + offset), in place.
+
+    Only the ND layout (``cache_mode`` 'Norm' or None: caches of
+    [blocks, block_size, heads, head_dim]) is emulated; 'PA_NZ' is the
+    kernel's default, so the plugin always passes 'Norm'.
+    """
+    _unsupported("npu_scatter_pa_kv_cache", compress_lens=compress_lens,
+                 compress_seq_offsets=compress_seq_offsets, seq_lens=seq_lens)
+    if cache_mode not in ("Norm", None):
+        raise NotImplementedError(f"npu_scatter_pa_kv_cache: cache_mode={cache_mode!r} (NZ) "
+                                  "is not emulated; pass cache_mode='Norm'")
+    if key.dim() != 3 or value.dim() != 3 or key_cache.dim() != 4 or value_cache.dim() != 4:
+        raise ValueError("npu_scatter_pa_kv_cache: key/value must be 3-D and caches 4-D")
+    if len({key.dtype, value.dtype, key_cache.dtype, value_cache.dtype}) != 1:
+        raise ValueError("npu_scatter_pa_kv_cache: key, value and caches must share a dtype")
+    if not (key.is_contiguous() and value.is_contiguous() and key_cache.is_contiguous()
+            and value_cache.is_contiguous()):
+        raise ValueError("npu_scatter_pa_kv_cache: inputs must be contiguous")
+    if key.shape[:2] != value.shape[:2] or slot_mapping.shape != (key.shape[0],):
+        raise ValueError("npu_scatter_pa_kv_cache: key, value and slot_mapping disagree on "
+                         "the number of tokens")
+    slots = slot_mapping.long()
+    capacity = key_cache.shape[0] * key_cache.shape[1]
+    if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= capacity):
+        raise ValueError(f"npu_scatter_pa_kv_cache: slots must lie in [0, {capacity - 1}]")
+    key_cache.view(capacity, *key_cache.shape[2:])[slots] = key
+    value_cache.view(capacity, *value_cache.shape[2:])[slots] = value
+
+
+_checked_masks: dict[tuple[int, int], bool] = {}
+
+
+def _check_compressed_mask(mask: torch.Tensor | None, sparse_mode: int) -> None:
+    """Modes 2-4 need the shared 2048² upper-triangular mask (1 = masked out)."""
+    size = COMPRESSED_MASK_SIZE
+    if mask is None or mask.shape[-2:] != (size, size) or mask.dim() > 4 or \
+            any(d != 1 for d in mask.shape[:-2]):
+        raise ValueError(f"sparse_mode={sparse_mode} needs atten_mask of shape ({size}, "
+                         f"{size}), (1, {size}, {size}) or (1, 1, {size}, {size})")
+    if mask.dtype not in (torch.bool, torch.int8, torch.uint8):
+        raise ValueError(f"atten_mask must be bool, int8 or uint8, not {mask.dtype}")
+    key = (id(mask), mask.data_ptr())  # the plugin builds its mask once per device
+    if key not in _checked_masks:
+        expected = torch.triu(torch.ones(size, size, dtype=torch.bool), diagonal=1)
+        if not torch.equal(mask.reshape(size, size).bool(), expected):
+            raise ValueError("atten_mask is not the compressed causal mask "
+                             "(upper triangle above the diagonal set)")
+        _checked_masks[key] = True
+
+
+def _cumulative(lengths: Sequence[int], name: str) -> list[int]:
+    values = [int(v) for v in lengths]
+    if any(b < a for a, b in zip([0, *values], values)):
+        raise ValueError(f"{name} in TND layout must be cumulative (non-decreasing)")
+    return values
+
+
+def npu_fused_infer_attention_score(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+    pse_shift: torch.Tensor | None = None, atten_mask: torch.Tensor | None = None,
+    actual_seq_lengths: Sequence[int] | None = None,
+    actual_seq_lengths_kv: Sequence[int] | None = None,
+    dequant_scale1: torch.Tensor | None = None, quant_scale1: torch.Tensor | None = None,
+    dequant_scale2: torch.Tensor | None = None, quant_scale2: torch.Tensor | None = None,
+    quant_offset2: torch.Tensor | None = None, antiquant_scale: torch.Tensor | None = None,
+    antiquant_offset: torch.Tensor | None = None, block_table: torch.Tensor | None = None,
+    query_padding_size: torch.Tensor | None = None,
+    kv_padding_size: torch.Tensor | None = None,
+    key_antiquant_scale: torch.Tensor | None = None,
+    key_antiquant_offset: torch.Tensor | None = None,
+    value_antiquant_scale: torch.Tensor | None = None,
+    value_antiquant_offset: torch.Tensor | None = None,
+    key_shared_prefix: torch.Tensor | None = None,
+    value_shared_prefix: torch.Tensor | None = None,
+    actual_shared_prefix_len: torch.Tensor | None = None,
+    query_rope: torch.Tensor | None = None, key_rope: torch.Tensor | None = None,
+    key_rope_antiquant_scale: torch.Tensor | None = None,
+    num_heads: int = 1, scale: float = 1.0, pre_tokens: int = 2147483647,
+    next_tokens: int = 2147483647, input_layout: str = "BSH",
+    num_key_value_heads: int = 0, sparse_mode: int = 0, inner_precise: int = 0,
+    block_size: int = 0, antiquant_mode: int = 0, softmax_lse_flag: bool = False,
+    key_antiquant_mode: int = 0, value_antiquant_mode: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): softmax(scale · QKᵀ + mask) · V for a batch of requests.
+
+    Emulated: ``input_layout="TND"`` (query [tokens, heads, head_dim] with
+    ``actual_seq_lengths`` the cumulative query lengths, whose count is the
+    batch), with K/V either as the same TND tensors (``actual_seq_lengths_kv``
+    cumulative too) or as a paged cache with ``block_table`` (K/V
+    [blocks, block_size, kv_heads · head_dim] or [blocks, kv_heads,
+    block_size, head_dim], ``actual_seq_lengths_kv`` per request), and
+    ``sparse_mode`` 0 (no mask) or 3 (rightDownCausal: query row i of a request
+    with q query and s context tokens sees positions ≤ s - q + i, given the
+    compressed 2048² mask). GQA through ``num_key_value_heads``.
+    """
+    _unsupported(
+        "npu_fused_infer_attention_score", pse_shift=pse_shift, dequant_scale1=dequant_scale1,
+        quant_scale1=quant_scale1, dequant_scale2=dequant_scale2, quant_scale2=quant_scale2,
+        quant_offset2=quant_offset2, antiquant_scale=antiquant_scale,
+        antiquant_offset=antiquant_offset, query_padding_size=query_padding_size,
+        kv_padding_size=kv_padding_size, key_antiquant_scale=key_antiquant_scale,
+        key_antiquant_offset=key_antiquant_offset, value_antiquant_scale=value_antiquant_scale,
+        value_antiquant_offset=value_antiquant_offset, key_shared_prefix=key_shared_prefix,
+        value_shared_prefix=value_shared_prefix,
+        actual_shared_prefix_len=actual_shared_prefix_len, query_rope=query_rope,
+        key_rope=key_rope, key_rope_antiquant_scale=key_rope_antiquant_scale)
+    if input_layout != "TND":
+        raise NotImplementedError(f"input_layout={input_layout!r} is not emulated; use 'TND'")
+    if num_heads <= 0:
+        raise ValueError(f"num_heads should be greater than 0, but got {num_heads}")
+    kv_heads = num_key_value_heads or num_heads
+    if num_heads % kv_heads or num_heads // kv_heads > 64:
+        raise ValueError(f"num_heads={num_heads} must be a multiple of num_key_value_heads="
+                         f"{kv_heads}, at most 64 times it")
+    if sparse_mode == 3:
+        _check_compressed_mask(atten_mask, sparse_mode)
+    elif sparse_mode == 0:
+        if atten_mask is not None:
+            raise NotImplementedError("sparse_mode=0 with an explicit atten_mask is not emulated")
+    else:
+        raise NotImplementedError(f"sparse_mode={sparse_mode} is not emulated (0 and 3 are)")
+    if actual_seq_lengths is None or actual_seq_lengths_kv is None:
+        raise ValueError("TND layout needs actual_seq_lengths and actual_seq_lengths_kv")
+    if query.dim() != 3 or query.shape[1] != num_heads:
+        raise ValueError(f"TND query must be [tokens, {num_heads}, head_dim], "
+                         f"not {tuple(query.shape)}")
+    q_ends = _cumulative(actual_seq_lengths, "actual_seq_lengths")
+    if q_ends and q_ends[-1] > query.shape[0]:
+        raise ValueError("actual_seq_lengths ends past the query's tokens")
+    batch, head_dim = len(q_ends), query.shape[-1]
+    q_starts = [0, *q_ends[:-1]]
+    q_lens = torch.tensor([e - s for s, e in zip(q_starts, q_ends)], dtype=torch.long)
+
+    if block_table is not None:
+        if block_table.dtype != torch.int32:
+            raise ValueError(f"block_table must be int32, not {block_table.dtype}")
+        if block_size <= 0:
+            raise ValueError("paged attention needs block_size")
+        if key.dim() == 3:  # [blocks, block_size, kv_heads * head_dim]
+            k_flat = key.reshape(-1, kv_heads, head_dim)
+            v_flat = value.reshape(-1, kv_heads, value.shape[-1] // kv_heads)
+        elif key.dim() == 4:  # [blocks, kv_heads, block_size, head_dim]
+            k_flat = key.transpose(1, 2).reshape(-1, kv_heads, head_dim)
+            v_flat = value.transpose(1, 2).reshape(-1, kv_heads, value.shape[-1])
+        else:
+            raise ValueError("a paged K/V cache must be 3-D or 4-D")
+        if key.shape[1 if key.dim() == 3 else 2] != block_size:
+            raise ValueError(f"the cache's block dimension is not block_size={block_size}")
+        kv_lens = torch.tensor([int(v) for v in actual_seq_lengths_kv][:batch], dtype=torch.long)
+        if len(kv_lens) != batch:
+            raise ValueError("actual_seq_lengths_kv needs one length per request")
+        span = int(kv_lens.max()) if batch else 0
+        if span > block_table.shape[1] * block_size:
+            raise ValueError("actual_seq_lengths_kv exceeds what block_table holds")
+        positions = torch.arange(span)
+        blocks = block_table[:batch].long()[:, (positions // block_size).clamp(
+            max=block_table.shape[1] - 1)]
+        kv_index = blocks * block_size + positions % block_size
+    else:
+        kv_ends = _cumulative(actual_seq_lengths_kv, "actual_seq_lengths_kv")
+        if len(kv_ends) != batch:
+            raise ValueError("actual_seq_lengths_kv needs one entry per request")
+        k_flat, v_flat = key, value
+        kv_starts = torch.tensor([0, *kv_ends[:-1]], dtype=torch.long)
+        kv_lens = torch.tensor(kv_ends, dtype=torch.long) - kv_starts
+        span = int(kv_lens.max()) if batch else 0
+        kv_index = kv_starts[:, None] + torch.arange(span)[None, :]
+    kv_valid = torch.arange(span)[None, :] < kv_lens[:, None]
+    kv_index = kv_index.masked_fill(~kv_valid, 0)
+    if bool((q_lens > kv_lens).any()):
+        raise ValueError("a request has more query than key/value tokens")
+
+    longest = int(q_lens.max()) if batch else 0
+    rows = torch.arange(longest)
+    q_valid = rows[None, :] < q_lens[:, None]
+    q_index = (torch.tensor(q_starts, dtype=torch.long)[:, None] + rows[None, :]
+               ).masked_fill(~q_valid, 0)
+    visible = kv_valid[:, None, :].expand(batch, longest, span)
+    if sparse_mode == 3:
+        last = (kv_lens - q_lens)[:, None] + rows[None, :]
+        visible = visible & (torch.arange(span)[None, None, :] <= last[:, :, None])
+    group = num_heads // kv_heads
+    q = query.float()[q_index]  # [batch, longest, heads, d]
+    k = k_flat.float()[kv_index]  # [batch, span, kv_heads, d]
+    v = v_flat.float()[kv_index]
+    k = k.repeat_interleave(group, dim=2)
+    v = v.repeat_interleave(group, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # [batch, heads, longest]
+    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
+    out_rows = torch.einsum("bhqk,bkhd->bqhd", probs, v)
+    out = query.new_zeros(query.shape[0], num_heads, v.shape[-1])
+    out[q_index[q_valid]] = out_rows[q_valid].to(query.dtype)
+    if softmax_lse_flag:
+        lse_out = torch.zeros(query.shape[0], num_heads, 1, dtype=torch.float32)
+        lse_out[q_index[q_valid]] = lse.transpose(1, 2)[q_valid][..., None]
+    else:
+        lse_out = torch.empty(0, dtype=torch.float32)
+    return out, lse_out
+
+
+#: Every op the plugin may call, by its torch_npu name.
+REFERENCES: dict[str, Callable[..., Any]] = {
+    "npu_rms_norm": npu_rms_norm,
+    "npu_add_rms_norm": npu_add_rms_norm,
+    "npu_swiglu": npu_swiglu,
+    "npu_rotary_mul": npu_rotary_mul,
+    "npu_mrope": npu_mrope,
+    "npu_scatter_pa_kv_cache": npu_scatter_pa_kv_cache,
+    "npu_fused_infer_attention_score": npu_fused_infer_attention_score,
+}

@@ -1,0 +1,45 @@
+"""PyTorch forms of the Triton kernels that vLLM's model runner launches.
+
+vLLM writes a few bookkeeping kernels in Triton and lets a platform without
+Triton replace them (``Platform.register_triton_kernel_overrides``). These
+are vectorised tensor programs: no loop over requests or tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_slot_mapping(
+    num_tokens: int,
+    max_num_tokens: int,
+    query_start_loc: torch.Tensor,  # [num_reqs + 1]
+    positions: torch.Tensor,  # [num_tokens]
+    block_table: torch.Tensor,  # [max_num_reqs, max_blocks_per_req]
+    block_table_stride: int,
+    slot_mapping: torch.Tensor,  # [max_num_tokens], written in place
+    KV_CACHE_BLOCK_SIZE: int,  # noqa: N803 (the Triton kernel's parameter names)
+    TOTAL_CP_WORLD_SIZE: int = 1,  # noqa: N803
+    TOTAL_CP_RANK: int = 0,  # noqa: N803
+    CP_KV_CACHE_INTERLEAVE_SIZE: int = 1,  # noqa: N803
+    PAD_ID: int = -1,  # noqa: N803
+    BLOCK_SIZE: int = 1024,  # noqa: N803
+) -> None:
+    """Cache slot of every scheduled token: its block from the request's row of
+    the block table, times the block size, plus its offset in the block."""
+    if TOTAL_CP_WORLD_SIZE != 1:
+        raise NotImplementedError("vllm-ascend has no context parallelism")
+    num_tokens = int(num_tokens)
+    block_size = int(KV_CACHE_BLOCK_SIZE)
+    qsl = query_start_loc.to(torch.int64)
+    counts = qsl[1:] - qsl[:-1]
+    req = torch.repeat_interleave(torch.arange(counts.numel()), counts, output_size=num_tokens)
+    pos = positions[:num_tokens].to(torch.int64)
+    blocks = block_table[req, pos // block_size].to(torch.int64)
+    slot_mapping[:num_tokens] = blocks * block_size + pos % block_size
+    slot_mapping[num_tokens:max_num_tokens] = PAD_ID
+
+
+OVERRIDES = {
+    "vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel": compute_slot_mapping,
+}

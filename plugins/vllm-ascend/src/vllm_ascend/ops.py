@@ -1,0 +1,74 @@
+"""vLLM's hot layers on NPU kernels, registered with ``CustomOp.register_oot``.
+
+vLLM instantiates these in place of its own classes on an out-of-tree
+platform. Each calls its torch_npu kernel through :mod:`vllm_ascend.npu_ops`
+and falls back to vLLM's PyTorch form only where the kernel's documented
+constraints do not hold (said at each fallback).
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.layers.activation import SiluAndMul
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
+
+from vllm_ascend import npu_ops
+
+
+class AscendRMSNorm(RMSNorm):
+    """``npu_rms_norm``; with a residual, ``npu_add_rms_norm``, whose third output
+    (input + residual) is the new residual."""
+
+    def forward_oot(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.variance_size_override is not None or not self.has_weight:
+            # the kernels normalise over the whole gamma: partial or weightless
+            # norms take vLLM's form
+            return self.forward_native(x, residual)
+        weight = self.weight.data
+        if residual is None:
+            return npu_ops.npu_rms_norm(x, weight, self.variance_epsilon)[0]
+        out, _, new_residual = npu_ops.npu_add_rms_norm(x, residual, weight,
+                                                        self.variance_epsilon)
+        return out, new_residual
+
+
+class AscendSiluAndMul(SiluAndMul):
+    """``npu_swiglu``: silu of the first half times the second half."""
+
+    def forward_oot(self, x: torch.Tensor) -> torch.Tensor:
+        return npu_ops.npu_swiglu(x, dim=-1)
+
+
+class AscendRotaryEmbedding(RotaryEmbedding):
+    """``npu_mrope`` in RoPE mode (1-D positions), NeoX ('half') or GPT-J
+    ('interleave') pairing, partial rotary dims passed through."""
+
+    def forward_oot(self, positions: torch.Tensor, query: torch.Tensor,
+                    key: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # rotary_dim must be a multiple of 32 (16 for float32) for the kernel
+        multiple = 16 if query.dtype == torch.float32 else 32
+        if key is None or self.rotary_dim % multiple:
+            return self.forward_native(positions, query, key)
+        tokens = positions.numel()
+        cache = self._match_cos_sin_cache_dtype(query)
+        new_query, new_key = npu_ops.npu_mrope(
+            positions.flatten(), query.reshape(tokens, -1), key.reshape(tokens, -1), cache,
+            self.head_size, rotary_mode="half" if self.is_neox_style else "interleave")
+        return new_query.view(query.shape), new_key.view(key.shape)
+
+
+LAYERS = {"RMSNorm": (RMSNorm, AscendRMSNorm), "SiluAndMul": (SiluAndMul, AscendSiluAndMul),
+          "RotaryEmbedding": (RotaryEmbedding, AscendRotaryEmbedding)}
+
+
+def register() -> None:
+    """Put the NPU layers in vLLM's out-of-tree registry; call before the model
+    is built, in every process that builds one (idempotent)."""
+    from vllm.model_executor.custom_op import op_registry_oot
+
+    for name, (base, layer) in LAYERS.items():
+        if name not in op_registry_oot:
+            base.register_oot(layer, name=name)

@@ -1,0 +1,280 @@
+"""The Ascend NPU platform, and the same platform emulated on the CPU.
+
+:class:`NPUPlatform` is what runs on Atlas A2/A3 NPUs: device ``npu``,
+dispatch key ``PrivateUse1``, HCCL. :class:`EmulatedNPUPlatform` is the same
+platform with the device mapped to the host: every NPU op goes to its
+reference implementation (``npu_ops``), tensors live in host memory of a
+fixed emulated capacity, and workers talk over gloo. Both keep the NPU's
+choices: block size 128, NPU custom ops on, GPU-only options reset.
+
+The ``OOT`` enum is deliberate: vLLM gives ``CPU`` platforms code paths that
+call compiled ``torch.ops._C`` kernels, which the pure-Python vLLM build lacks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, ClassVar
+
+import psutil
+import torch
+from vllm.platforms.interface import Platform, PlatformEnum
+
+from vllm_ascend import PLUGIN, __version__, get_logger
+from vllm_ascend.envs import ENV_VARS, AscendConfig, usable_cores
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+logger = get_logger(__name__)
+
+#: The fused attention kernels read a paged cache in blocks of 128 to 512
+#: tokens, multiples of 128; 128 is the size they are tuned for.
+BLOCK_SIZE = 128
+MAX_BLOCK_SIZE = 512
+
+
+def check_block_size(block_size: int) -> None:
+    if block_size % BLOCK_SIZE or not BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise ValueError(
+            f"--block-size {block_size}: the NPU's fused attention reads the paged KV cache in "
+            f"blocks of {BLOCK_SIZE} to {MAX_BLOCK_SIZE} tokens, multiples of {BLOCK_SIZE}")
+
+
+class NPUPlatform(Platform):
+    _enum = PlatformEnum.OOT
+    device_name: str = "npu"
+    device_type: str = "npu"
+    dispatch_key: str = "PrivateUse1"
+    dist_backend: str = "hccl"
+    ray_device_key: str = "NPU"
+    device_control_env_var: str = "ASCEND_RT_VISIBLE_DEVICES"
+    simple_compile_backend: str = "eager"
+    supported_quantization: ClassVar[list[str]] = []
+    additional_env_vars: ClassVar[list[str]] = ENV_VARS
+    #: the dtypes of the NPU's attention and norm kernels
+    kernel_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.bfloat16, torch.float16)
+    emulated: ClassVar[bool] = False
+
+    @property
+    def supported_dtypes(self) -> list[torch.dtype]:
+        return list(self.kernel_dtypes)
+
+    @classmethod
+    def check_if_supports_dtype(cls, dtype: torch.dtype) -> None:
+        if dtype not in cls.kernel_dtypes:
+            names = " or ".join(f"--dtype {str(d).removeprefix('torch.')}"
+                                for d in cls.kernel_dtypes)
+            where = "emulated on the CPU" if cls.emulated else "on the NPU"
+            raise ValueError(f"vllm-ascend {where} does not run "
+                             f"dtype={str(dtype).removeprefix('torch.')}; use {names}")
+
+    @classmethod
+    def get_device_name(cls, device_id: int = 0) -> str:
+        return torch.npu.get_device_name(device_id)
+
+    @classmethod
+    def get_device_total_memory(cls, device_id: int = 0) -> int:
+        return torch.npu.get_device_properties(device_id).total_memory
+
+    @classmethod
+    def set_device(cls, device: torch.device) -> None:
+        torch.npu.set_device(device)
+
+    @classmethod
+    def manual_seed_all(cls, seed: int) -> None:
+        torch.npu.manual_seed_all(seed)
+
+    @classmethod
+    def inference_mode(cls):
+        return torch.inference_mode()
+
+    @classmethod
+    def is_pin_memory_available(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_attn_backend_cls(
+        cls,
+        selected_backend: AttentionBackendEnum | None,
+        attn_selector_config: AttentionSelectorConfig,
+        num_heads: int | None = None,
+    ) -> str:
+        if attn_selector_config.use_mla:
+            raise NotImplementedError("vllm-ascend has no MLA attention backend yet")
+        if attn_selector_config.use_sparse:
+            raise NotImplementedError("vllm-ascend has no sparse attention backend yet")
+        if selected_backend is not None:
+            logger.info("vllm-ascend ignores attention backend %s; using ASCEND_ATTN",
+                        selected_backend)
+        return "vllm_ascend.attention.AscendAttentionBackend"
+
+    @classmethod
+    def get_device_communicator_cls(cls) -> str:
+        return "vllm_ascend.communicator.NPUCommunicator"
+
+    @classmethod
+    def opaque_attention_op(cls) -> bool:
+        return True
+
+    @classmethod
+    def support_hybrid_kv_cache(cls) -> bool:
+        return False
+
+    @classmethod
+    def supports_structured_output(cls) -> bool:
+        return True
+
+    @classmethod
+    def import_kernels(cls) -> None:
+        # vLLM's default imports vllm._C, which the pure-Python build lacks; the
+        # NPU kernels come from torch_npu, loaded where they are called.
+        pass
+
+    @classmethod
+    def log_warnings(cls) -> None:
+        kind = "emulated on the CPU" if cls.emulated else "on NPU"
+        logger.info("Platform plugin %s is activated (vllm-ascend %s, %s)", PLUGIN,
+                    __version__, kind)
+
+    @classmethod
+    def validate_environ(cls, hard_fail: bool) -> None:
+        # vLLM flags VLLM_* variables it does not know; this plugin's are known here.
+        from vllm import envs
+
+        for env in os.environ:
+            if (env.startswith("VLLM_") and env not in envs.environment_variables
+                    and env not in cls.additional_env_vars):
+                if hard_fail:
+                    raise ValueError(f"Unknown vLLM environment variable detected: {env}")
+                logger.warning("Unknown vLLM environment variable detected: %s", env)
+
+    @classmethod
+    def update_block_size_for_backend(cls, vllm_config: VllmConfig) -> None:
+        # vLLM's default would pick a generic backend size; the NPU's is 128.
+        cache_config = vllm_config.cache_config
+        if not cache_config.user_specified_block_size:
+            cache_config.block_size = BLOCK_SIZE
+
+    @classmethod
+    def _reset_gpu_only_options(cls, vllm_config: VllmConfig) -> None:
+        """Options that need CUDA kernels, turned off with one warning each."""
+        parallel = vllm_config.parallel_config
+        parallel.disable_custom_all_reduce = True
+        if parallel.enable_dbo:
+            logger.warning("vllm-ascend: dual-batch overlap is a CUDA feature; disabled")
+            parallel.enable_dbo = False
+        model = vllm_config.model_config
+        if model is not None and not model.disable_cascade_attn:
+            model.disable_cascade_attn = True
+        attention = getattr(vllm_config, "attention_config", None)
+        if attention is not None and getattr(attention, "backend", None) is not None:
+            logger.warning("vllm-ascend: attention backend %s is for GPUs; using ASCEND_ATTN",
+                           attention.backend)
+            attention.backend = None
+
+    @classmethod
+    def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
+        from vllm.config import CompilationMode, CUDAGraphMode
+
+        # Refuse what cannot run in the front process, where the error reaches
+        # the user directly instead of through a dead engine core.
+        config = AscendConfig.load(vllm_config.additional_config)
+        if not cls.emulated:
+            raise NotImplementedError(
+                f"vllm-ascend {__version__} runs its NPU code paths only emulated on the CPU "
+                f"({PLUGIN} emulation: VLLM_ASCEND_EMULATE=1); the NPU worker and graph "
+                "capture come in a later version")
+        if vllm_config.model_config is not None:
+            cls.check_if_supports_dtype(vllm_config.model_config.dtype)
+        parallel = vllm_config.parallel_config
+        if parallel.worker_cls == "auto":
+            parallel.worker_cls = "vllm_ascend.worker.NPUWorker"
+        cls._reset_gpu_only_options(vllm_config)
+
+        cache_config = vllm_config.cache_config
+        cls.update_block_size_for_backend(vllm_config)
+        check_block_size(cache_config.block_size)
+        vllm_config.scheduler_config.async_scheduling = False
+
+        compilation = vllm_config.compilation_config
+        compilation.cudagraph_capture_sizes = []
+        compilation.cudagraph_mode = CUDAGraphMode.NONE
+        if compilation.mode != CompilationMode.NONE:
+            logger.info("vllm-ascend runs the model eagerly (compilation mode NONE)")
+            compilation.mode = CompilationMode.NONE
+        # The NPU layers are the fast path: custom ops on unless the user
+        # turned one off ("-name" entries are kept).
+        compilation.custom_ops = ["all" if op == "none" else op
+                                  for op in compilation.custom_ops]
+        # Spawned, not forked: a forked child of a process whose OpenMP pool
+        # has run deadlocks (and NPU runtimes do not survive fork either).
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        logger.info("vllm-ascend: block size %d%s", cache_config.block_size,
+                    f", emulated device memory {config.device_memory / (1 << 30):.2f} GiB"
+                    if cls.emulated else "")
+
+
+class EmulatedNPUPlatform(NPUPlatform):
+    """The NPU platform with its device on the host and its ops emulated."""
+
+    device_name: str = "cpu"
+    device_type: str = "cpu"
+    dispatch_key: str = "CPU"
+    dist_backend: str = "gloo"
+    # Ray counts each emulated NPU as one logical GPU (`ray start --num-gpus N`).
+    ray_device_key: str = "GPU"
+    device_control_env_var: str = "VLLM_ASCEND_EMULATED_VISIBLE_DEVICES"
+    kernel_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.bfloat16, torch.float32)
+    emulated: ClassVar[bool] = True
+
+    @classmethod
+    def device_count(cls) -> int:
+        return usable_cores()
+
+    @classmethod
+    def get_device_name(cls, device_id: int = 0) -> str:
+        return "Ascend NPU (emulated)"
+
+    @classmethod
+    def get_device_total_memory(cls, device_id: int = 0) -> int:
+        from vllm.config import get_current_vllm_config_or_none
+
+        config = get_current_vllm_config_or_none()
+        return AscendConfig.load(config.additional_config if config else None).device_memory
+
+    @classmethod
+    def get_current_memory_usage(cls, device: torch.types.Device | None = None) -> float:
+        return float(psutil.Process(os.getpid()).memory_info().rss)
+
+    @classmethod
+    def set_device(cls, device: torch.device) -> None:
+        pass
+
+    @classmethod
+    def manual_seed_all(cls, seed: int) -> None:
+        pass
+
+    @classmethod
+    def inference_mode(cls):
+        # the KV cache and persistent buffers are updated in place outside
+        # inference mode on the host; no_grad is enough
+        return torch.no_grad()
+
+    @classmethod
+    def is_pin_memory_available(cls) -> bool:
+        return False
+
+    @classmethod
+    def num_compute_units(cls, device_id: int = 0) -> int:
+        return torch.get_num_threads()
+
+    @classmethod
+    def register_triton_kernel_overrides(cls) -> None:
+        from vllm.triton_utils.dispatcher import register_kernels
+
+        from vllm_ascend.kernels import OVERRIDES
+
+        register_kernels(OVERRIDES)

@@ -1,0 +1,56 @@
+"""Shared fixtures of the plugin's own tests: NPU emulation selected, the default
+model, its transformers model, and one engine per configuration for the
+session (pinned to one pytest-xdist worker through an ``xdist_group``; run with
+``--dist loadgroup``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No NPU here: the plugin runs emulated, and only it (vLLM-cpu-sim, active by
+# default, may be installed too).
+os.environ["VLLM_ASCEND_EMULATE"] = "1"
+os.environ["VLLM_PLUGINS"] = "ascend"
+# Lets tests pass functions to collective_rpc to inspect the workers.
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("VLLM_ASCEND_NUM_THREADS", "1")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from vllm_harness.fixtures import (  # noqa: F401
+    engines,
+    hf_model,
+    model_dir,
+    tiny_model_dir,
+)
+
+
+def make_llm(model: str, **kwargs):
+    from vllm import LLM
+
+    kwargs.setdefault("max_model_len", 512)
+    kwargs.setdefault("additional_config", {"ascend": {"device_memory": "1536MiB"}})
+    return LLM(model=model, **kwargs)
+
+
+def hf_greedy(hf: tuple, prompt: str, n: int) -> list[int]:
+    """transformers' greedy continuation of ``prompt`` (``hf``: the hf_model fixture)."""
+    import torch
+
+    tokenizer, model = hf
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    out: list[int] = []
+    past = None
+    with torch.no_grad():
+        for _ in range(n):
+            result = model(ids, past_key_values=past, use_cache=True)
+            past = result.past_key_values
+            out.append(int(result.logits[0, -1].argmax()))
+            ids = torch.tensor([[out[-1]]])
+    return out

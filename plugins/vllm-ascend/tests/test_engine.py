@@ -1,0 +1,75 @@
+"""The whole plugin emulated: vLLM's engine on the default model, every NPU op
+through its reference, against transformers."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import hf_greedy, make_llm
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engine")]
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle. "
+    "The story should be happy and mention the sea, the wind and an old friend. " * 3,
+]
+
+
+@pytest.fixture(scope="module")
+def llm(engines, model_dir):
+    # 64 batched tokens: the long prompt is prefilled in chunks beside the
+    # others' decodes, so every attention state occurs
+    return engines.get("ascend-fp32", lambda: make_llm(
+        model_dir, dtype="float32", max_num_batched_tokens=64, max_num_seqs=4,
+        enable_prefix_caching=True))
+
+
+def _state_counts(worker) -> dict[str, int]:
+    from vllm_ascend import attention
+
+    return dict(attention.states_seen)
+
+
+def _launches(worker) -> dict[str, int]:
+    from vllm_ascend import npu_ops
+
+    return dict(npu_ops.launches)
+
+
+def test_greedy_equals_transformers(llm, hf_model):
+    from vllm import SamplingParams
+
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)
+    for prompt, out in zip(PROMPTS, outs):
+        assert list(out.outputs[0].token_ids) == hf_greedy(hf_model, prompt, 12), prompt
+    # a prefix-cache hit: the same long prompt again, its blocks cached
+    (again,) = llm.generate(PROMPTS[2:], SamplingParams(temperature=0, max_tokens=4),
+                            use_tqdm=False)
+    assert list(again.outputs[0].token_ids) == hf_greedy(hf_model, PROMPTS[2], 4)
+    (states,) = llm.collective_rpc(_state_counts)
+    assert set(states) == {"PREFILL_NO_CACHE", "PREFILL_CACHE_HIT", "DECODE_ONLY",
+                           "CHUNKED_PREFILL"}, states
+
+
+def test_npu_ops_per_layer_and_step(llm):
+    """Each decoder layer launches the same six NPU ops on every step: two norms
+    (fused with the residual add), RoPE, the cache write, attention, SwiGLU;
+    the model's final norm is one more."""
+    from vllm import SamplingParams
+
+    config = llm.llm_engine.vllm_config.model_config.hf_config
+    (before,) = llm.collective_rpc(_launches)
+    llm.generate(["One, two, three,"], SamplingParams(temperature=0, max_tokens=9,
+                                                      ignore_eos=True), use_tqdm=False)
+    (after,) = llm.collective_rpc(_launches)
+    steps, layers = 9, config.num_hidden_layers  # one prefill step, eight decodes
+    per_layer = {op: (after.get(op, 0) - before.get(op, 0)) / steps for op in after}
+    assert per_layer["npu_fused_infer_attention_score"] == layers
+    for op in ("npu_mrope", "npu_scatter_pa_kv_cache", "npu_swiglu"):
+        assert per_layer[op] == layers, op
+    # the first layer's input norm has no residual yet; every later norm, and
+    # the model's final one, adds the residual in the same kernel
+    assert per_layer["npu_rms_norm"] == 1
+    assert per_layer["npu_add_rms_norm"] == 2 * layers
+    assert sum(per_layer.values()) == 6 * layers + 1

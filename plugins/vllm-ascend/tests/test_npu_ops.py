@@ -1,0 +1,306 @@
+"""Each NPU op's reference against plain math and against torch_npu's meta shapes.
+
+Plain math here means the formula written out directly (a loop over requests,
+explicit softmax), not the reference's vectorised code. The meta functions
+are torch_npu's own, read from its wheel (see npu_meta.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from npu_meta import SCHEMAS_FILE, meta_of, wheel_text
+
+from vllm_ascend import emulation, npu_ops
+
+SRC = Path(emulation.__file__).parent
+torch.manual_seed(0)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def same_meta(outputs, metas) -> None:
+    """Shapes and dtypes of the reference's outputs equal the meta function's."""
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    metas = metas if isinstance(metas, tuple) else (metas,)
+    assert len(outputs) == len(metas)
+    for out, meta in zip(outputs, metas):
+        assert (tuple(out.shape), out.dtype) == (tuple(meta.shape), meta.dtype)
+
+
+# --- one check per op: its name is the key the completeness test reads -------------
+
+def check_npu_rms_norm() -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = torch.randn(5, 3, 64, dtype=dtype), torch.randn(64, dtype=dtype)
+        y, rstd = npu_ops.npu_rms_norm(x, w, 1e-5)
+        xf = x.double()
+        expected = xf / torch.sqrt((xf * xf).mean(-1, keepdim=True) + 1e-5) * w.double()
+        close(y.double(), expected.to(dtype).double(), 1e-5 if dtype == torch.float32 else 2e-2)
+        close(rstd.double(), 1 / torch.sqrt((xf * xf).mean(-1, keepdim=True) + 1e-5), 1e-5)
+        same_meta((y, rstd), meta_of("npu_rms_norm", x, w, 1e-5))
+
+
+def check_npu_add_rms_norm() -> None:
+    x1, x2, w = torch.randn(7, 32), torch.randn(7, 32), torch.randn(32)
+    y, rstd, summed = npu_ops.npu_add_rms_norm(x1, x2, w, 1e-6)
+    s = x1 + x2
+    close(summed, s)
+    close(y, s / torch.sqrt((s * s).mean(-1, keepdim=True) + 1e-6) * w)
+    same_meta((y, rstd, summed), meta_of("npu_add_rms_norm", x1, x2, w, 1e-6))
+
+
+def check_npu_swiglu() -> None:
+    x = torch.randn(4, 6, 10)
+    out = npu_ops.npu_swiglu(x, dim=-1)
+    a, b = x[..., :5], x[..., 5:]
+    close(out, a / (1 + torch.exp(-a)) * b)
+    same_meta(out, meta_of("npu_swiglu", x, dim=-1))
+    with pytest.raises(ValueError, match="odd"):
+        npu_ops.npu_swiglu(torch.randn(3, 5))
+
+
+def _rope_by_pairs(x: torch.Tensor, angle: torch.Tensor, neox: bool) -> torch.Tensor:
+    """Rotate each (first, second) pair of x by its angle, element by element."""
+    out = x.clone()
+    half = x.shape[-1] // 2
+    for i in range(half):
+        a, b = (i, i + half) if neox else (2 * i, 2 * i + 1)
+        c, s = torch.cos(angle[..., i]), torch.sin(angle[..., i])
+        out[..., a] = x[..., a] * c - x[..., b] * s
+        out[..., b] = x[..., b] * c + x[..., a] * s
+    return out
+
+
+def check_npu_rotary_mul() -> None:
+    b, s, n, d = 2, 5, 3, 8
+    x = torch.randn(b, s, n, d)
+    angle = torch.randn(1, s, 1, d // 2)
+    for mode, neox in (("half", True), ("interleave", False)):
+        full = torch.cat((angle, angle), -1) if neox else angle.repeat_interleave(2, -1)
+        out = npu_ops.npu_rotary_mul(x, torch.cos(full), torch.sin(full), rotary_mode=mode)
+        close(out, _rope_by_pairs(x, angle.expand(b, s, n, d // 2), neox))
+        same_meta(out, meta_of("npu_rotary_mul", x, torch.cos(full), torch.sin(full), mode))
+
+
+def check_npu_mrope() -> None:
+    tokens, head, rotary, max_pos = 6, 16, 8, 32
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary, 2).float() / rotary))
+    angles = torch.arange(max_pos).float()[:, None] * inv_freq[None, :]
+    cache = torch.cat((torch.cos(angles), torch.sin(angles)), -1)
+    q, k = torch.randn(tokens, 4 * head), torch.randn(tokens, 2 * head)
+    positions = torch.tensor([0, 3, 7, 1, 31, 2])
+    for mode, neox in (("half", True), ("interleave", False)):
+        q_out, k_out = npu_ops.npu_mrope(positions, q, k, cache, head, rotary_mode=mode)
+        for x, out in ((q, q_out), (k, k_out)):
+            heads = x.view(tokens, -1, head)
+            rot = _rope_by_pairs(heads[..., :rotary], angles[positions][:, None, :], neox)
+            close(out, torch.cat((rot, heads[..., rotary:]), -1).view(tokens, -1))
+    # multimodal sections: each section's angles come from its own position row
+    pos3 = torch.stack([positions, positions.flip(0), positions.roll(1)])
+    q_out, _ = npu_ops.npu_mrope(pos3, q, k, cache, head, mrope_section=[1, 1, 2])
+    section_of = [0, 1, 2, 2]
+    mixed = torch.stack([angles[pos3[section_of[i]], i] for i in range(rotary // 2)], -1)
+    heads = q.view(tokens, -1, head)
+    rot = _rope_by_pairs(heads[..., :rotary], mixed[:, None, :], True)
+    close(q_out, torch.cat((rot, heads[..., rotary:]), -1).view(tokens, -1))
+    with pytest.raises(ValueError, match="outside the cache"):
+        npu_ops.npu_mrope(torch.tensor([32]), q[:1], k[:1], cache, head)
+
+
+def check_npu_scatter_pa_kv_cache() -> None:
+    blocks, block, heads, d = 4, 8, 2, 16
+    key_cache = torch.zeros(blocks, block, heads, d)
+    value_cache = torch.zeros(blocks, block, heads, d)
+    key, value = torch.randn(5, heads, d), torch.randn(5, heads, d)
+    slots = torch.tensor([3, 9, 31, 0, 17])
+    npu_ops.npu_scatter_pa_kv_cache(key, value, key_cache, value_cache, slots, cache_mode="Norm")
+    for i, slot in enumerate(slots.tolist()):
+        close(key_cache[slot // block, slot % block], key[i])
+        close(value_cache[slot // block, slot % block], value[i])
+    assert int((key_cache.abs().sum((-1, -2)) > 0).sum()) == 5  # nothing else written
+    assert meta_of("npu_scatter_pa_kv_cache", key, value, key_cache, value_cache, slots,
+                   cache_mode="Norm") is None  # in place: no outputs
+    with pytest.raises(ValueError, match=r"slots must lie in \[0, 31\]"):
+        npu_ops.npu_scatter_pa_kv_cache(key, value, key_cache, value_cache,
+                                        torch.tensor([0, 1, 2, 3, -1]), cache_mode="Norm")
+    with pytest.raises(NotImplementedError, match="NZ"):
+        npu_ops.npu_scatter_pa_kv_cache(key, value, key_cache, value_cache, slots)
+
+
+def _attention_by_request(q, k, v, q_lens, kv_lens, scale, causal):
+    """softmax(scale·QKᵀ)·V per request and head, written out."""
+    out, lse = [], []
+    heads, kv_heads = q.shape[1], k[0].shape[1]
+    for r, (ql, kl) in enumerate(zip(q_lens, kv_lens)):
+        qr = q[sum(q_lens[:r]): sum(q_lens[:r]) + ql]
+        rows, row_lse = [], []
+        for i in range(ql):
+            per_head, per_lse = [], []
+            for h in range(heads):
+                kh = h // (heads // kv_heads)
+                visible = kl - ql + i + 1 if causal else kl
+                s = (k[r][:visible, kh] @ qr[i, h]) * scale
+                p = torch.softmax(s, 0)
+                per_head.append(p @ v[r][:visible, kh])
+                per_lse.append(torch.logsumexp(s, 0))
+            rows.append(torch.stack(per_head))
+            row_lse.append(torch.stack(per_lse))
+        out += rows
+        lse += row_lse
+    return torch.stack(out), torch.stack(lse)[..., None]
+
+
+def compressed_mask() -> torch.Tensor:
+    size = emulation.COMPRESSED_MASK_SIZE
+    return torch.triu(torch.ones(size, size, dtype=torch.int8), diagonal=1)
+
+
+def check_npu_fused_infer_attention_score() -> None:
+    heads, kv_heads, d, block = 4, 2, 16, 8
+    scale = 1 / math.sqrt(d)
+    # a prefill with cached context, a decode and a fresh prefill, paged
+    q_lens, kv_lens = [3, 1, 5], [10, 17, 5]
+    q = torch.randn(sum(q_lens), heads, d)
+    k_req = [torch.randn(n, kv_heads, d) for n in kv_lens]
+    v_req = [torch.randn(n, kv_heads, d) for n in kv_lens]
+    blocks = 12
+    key_cache = torch.zeros(blocks, block, kv_heads, d)
+    value_cache = torch.zeros(blocks, block, kv_heads, d)
+    table = torch.tensor([[5, 2, 0], [1, 7, 9], [11, 0, 0]], dtype=torch.int32)
+    for r, n in enumerate(kv_lens):
+        for pos in range(n):
+            b = int(table[r, pos // block])
+            key_cache[b, pos % block] = k_req[r][pos]
+            value_cache[b, pos % block] = v_req[r][pos]
+    cum_q = [sum(q_lens[: i + 1]) for i in range(3)]
+    out, lse = npu_ops.npu_fused_infer_attention_score(
+        q, key_cache.view(blocks, block, -1), value_cache.view(blocks, block, -1),
+        atten_mask=compressed_mask(), block_table=table, input_layout="TND", block_size=block,
+        actual_seq_lengths=cum_q, actual_seq_lengths_kv=kv_lens, num_heads=heads,
+        num_key_value_heads=kv_heads, scale=scale, sparse_mode=3, softmax_lse_flag=True)
+    expected, expected_lse = _attention_by_request(q, k_req, v_req, q_lens, kv_lens, scale, True)
+    close(out, expected, 1e-4)
+    close(lse, expected_lse, 1e-4)
+    half = npu_ops.npu_fused_infer_attention_score(
+        q.half(), key_cache.view(blocks, block, -1).half(),
+        value_cache.view(blocks, block, -1).half(), atten_mask=compressed_mask(),
+        block_table=table, input_layout="TND", block_size=block, actual_seq_lengths=cum_q,
+        actual_seq_lengths_kv=kv_lens, num_heads=heads, num_key_value_heads=kv_heads,
+        scale=scale, sparse_mode=3, softmax_lse_flag=True)
+    close(half[0].float(), expected, 1e-2)
+    for args, outputs in (((q, key_cache, value_cache), (out, lse)),
+                          ((q.half(), key_cache.half(), value_cache.half()), half)):
+        same_meta(outputs, meta_of(
+            "npu_fused_infer_attention_score", args[0], args[1].view(blocks, block, -1),
+            args[2].view(blocks, block, -1), atten_mask=compressed_mask(), block_table=table,
+            input_layout="TND", block_size=block, actual_seq_lengths=cum_q,
+            actual_seq_lengths_kv=kv_lens, num_heads=heads, num_key_value_heads=kv_heads,
+            scale=scale, sparse_mode=3, softmax_lse_flag=True))
+    # no cache: K and V in TND too, both lengths cumulative; no mask, no causality
+    k_tnd, v_tnd = torch.cat(k_req), torch.cat(v_req)
+    cum_kv = [sum(kv_lens[: i + 1]) for i in range(3)]
+    out, _ = npu_ops.npu_fused_infer_attention_score(
+        q, k_tnd, v_tnd, input_layout="TND", actual_seq_lengths=cum_q,
+        actual_seq_lengths_kv=cum_kv, num_heads=heads, num_key_value_heads=kv_heads,
+        scale=scale, sparse_mode=0)
+    close(out, _attention_by_request(q, k_req, v_req, q_lens, kv_lens, scale, False)[0], 1e-4)
+    with pytest.raises(ValueError, match="compressed causal mask"):
+        npu_ops.npu_fused_infer_attention_score(
+            q, k_tnd, v_tnd, input_layout="TND", actual_seq_lengths=cum_q,
+            actual_seq_lengths_kv=cum_kv, num_heads=heads, num_key_value_heads=kv_heads,
+            atten_mask=compressed_mask().tril(), sparse_mode=3)
+    with pytest.raises(NotImplementedError, match="quant_scale2"):
+        npu_ops.npu_fused_infer_attention_score(
+            q, k_tnd, v_tnd, input_layout="TND", actual_seq_lengths=cum_q,
+            actual_seq_lengths_kv=cum_kv, num_heads=heads, quant_scale2=torch.ones(1))
+
+
+CHECKS = {name.removeprefix("check_"): fn for name, fn in globals().items()
+          if name.startswith("check_")}
+
+
+@pytest.mark.parametrize("op", sorted(emulation.REFERENCES))
+def test_reference(op: str) -> None:
+    assert op in CHECKS, f"{op} has a reference but no check against plain math"
+    CHECKS[op]()
+
+
+def _schemas(op: str) -> list[tuple[list, dict]]:
+    """Each torch_npu schema of ``op`` (the yaml may hold several) as positional
+    (name, default) pairs in order and keyword-only {name: default}."""
+    found = []
+    for match in re.finditer(rf"func: {op}\((.*?)\) ->", wheel_text(SCHEMAS_FILE)):
+        positional, keywords, keyword_only = [], {}, False
+        for part in match.group(1).split(","):
+            part = part.strip()
+            if part == "*":
+                keyword_only = True
+                continue
+            declared, _, default = part.partition("=")
+            name = declared.split()[-1]
+            value = ast.literal_eval(default) if default else inspect.Parameter.empty
+            if keyword_only:
+                keywords[name] = value
+            else:
+                positional.append((name, value))
+        found.append((positional, keywords))
+    assert found, f"{op} has no schema in torch_npu 2.13.0"
+    return found
+
+
+@pytest.mark.parametrize("op", sorted(emulation.REFERENCES))
+def test_reference_has_torch_npus_signature(op: str) -> None:
+    """Same positional arguments in order, same keyword-only ones, same defaults
+    as one of torch_npu's schemas of the op."""
+    params = inspect.signature(emulation.REFERENCES[op]).parameters.values()
+    positional = [(p.name, p.default) for p in params if p.kind is not p.KEYWORD_ONLY]
+    keywords = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    assert (positional, keywords) in _schemas(op)
+
+
+def _npu_calls(path: Path) -> set[str]:
+    """Names of NPU ops a module calls: npu_ops.X and any torch_npu.X."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                node.value.id in ("npu_ops", "torch_npu"):
+            names.add((node.value.id, node.attr))
+    return names
+
+
+def test_the_plugin_calls_only_npu_ops_with_a_reference() -> None:
+    helpers = {"select", "is_emulated", "launches", "counting"}
+    called: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        if path.name in ("npu_ops.py", "emulation.py"):
+            continue
+        for module, name in _npu_calls(path):
+            assert module == "npu_ops", (
+                f"{path.name} calls torch_npu.{name} directly; go through npu_ops")
+            if name not in helpers:
+                called.setdefault(name, set()).add(path.name)
+    missing = {name: files for name, files in called.items() if name not in emulation.REFERENCES}
+    assert not missing, f"NPU ops called without a reference: {missing}"
+    assert called, "the scan found no NPU op calls at all"
+
+
+def test_an_op_without_reference_cannot_be_called() -> None:
+    with pytest.raises(AttributeError, match="no reference implementation"):
+        npu_ops.npu_grouped_matmul  # noqa: B018
+
+
+def test_launches_are_counted() -> None:
+    with npu_ops.counting() as seen:
+        npu_ops.npu_swiglu(torch.randn(2, 4))
+        npu_ops.npu_swiglu(torch.randn(2, 4))
+    assert seen == {"npu_swiglu": 2}
+    assert npu_ops.launches["npu_swiglu"] >= 2

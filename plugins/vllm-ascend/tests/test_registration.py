@@ -1,0 +1,108 @@
+"""When the platform activates, each case in a fresh process, and what it refuses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+PROBE = (
+    "from vllm.platforms import current_platform\n"
+    "print(type(current_platform).__module__ + '.' + type(current_platform).__name__)\n"
+)
+EMULATED = "vllm_ascend.platform.EmulatedNPUPlatform"
+NONE = "vllm.platforms.interface.UnspecifiedPlatform"
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("VLLM_ASCEND_EMULATE", "VLLM_PLUGINS")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full, timeout=120)
+
+
+def test_entry_point_is_declared():
+    (ep,) = [e for e in entry_points(group="vllm.platform_plugins") if e.name == "ascend"]
+    assert ep.value == "vllm_ascend:register"
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"VLLM_PLUGINS": "ascend"}, NONE),  # no CANN, no NPU, no emulation: inactive
+    ({"VLLM_PLUGINS": "ascend", "VLLM_ASCEND_EMULATE": "1"}, EMULATED),
+    ({"VLLM_PLUGINS": "ascend", "VLLM_ASCEND_EMULATE": "0"}, NONE),
+    ({"VLLM_PLUGINS": "ascend", "VLLM_ASCEND_EMULATE": "maybe"}, NONE),
+])
+def test_activation(env, expected):
+    result = _run(PROBE, **env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def test_inactive_says_why_in_one_line():
+    code = "import vllm_ascend\nprint('->', vllm_ascend.register())\n"
+    result = _run(code, VLLM_LOGGING_LEVEL="INFO")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("-> None")
+    lines = [line for line in (result.stdout + result.stderr).splitlines()
+             if "vllm-ascend inactive" in line]
+    assert len(lines) == 1
+    assert "torch_npu does not import" in lines[0] and "VLLM_ASCEND_EMULATE=1" in lines[0]
+
+
+def test_import_needs_no_torch_npu():
+    code = "import importlib.util, vllm_ascend\nprint(importlib.util.find_spec('torch_npu'))\n"
+    result = _run(code)
+    assert result.returncode == 0 and result.stdout.strip() == "None", result.stderr[-2000:]
+
+
+def test_platform_shape():
+    import torch
+    from vllm.platforms.interface import PlatformEnum
+
+    from vllm_ascend.platform import EmulatedNPUPlatform, NPUPlatform
+
+    assert NPUPlatform._enum is PlatformEnum.OOT
+    assert (NPUPlatform.device_type, NPUPlatform.dispatch_key, NPUPlatform.dist_backend) == (
+        "npu", "PrivateUse1", "hccl")
+    assert NPUPlatform.device_control_env_var == "ASCEND_RT_VISIBLE_DEVICES"
+    assert (EmulatedNPUPlatform.device_type, EmulatedNPUPlatform.dist_backend) == (
+        "cpu", "gloo")
+    with pytest.raises(ValueError, match=r"does not run dtype=float32.*bfloat16 or.*float16"):
+        NPUPlatform.check_if_supports_dtype(torch.float32)
+    with pytest.raises(ValueError, match="emulated on the CPU does not run dtype=float16"):
+        EmulatedNPUPlatform.check_if_supports_dtype(torch.float16)
+
+
+def _config(model_dir: str, **kwargs):
+    from vllm.config import CacheConfig, ModelConfig, VllmConfig
+
+    block = kwargs.pop("block_size", None)
+    cache = CacheConfig(block_size=block) if block else CacheConfig()
+    return VllmConfig(model_config=ModelConfig(model=model_dir, dtype="float32",
+                                               max_model_len=256),
+                      cache_config=cache, **kwargs)
+
+
+def test_config_defaults_and_refusals(tiny_model_dir):
+    config = _config(tiny_model_dir)  # the emulated platform is current (conftest)
+    assert config.cache_config.block_size == 128
+    assert config.parallel_config.worker_cls == "vllm_ascend.worker.NPUWorker"
+    assert "all" in config.compilation_config.custom_ops
+    with pytest.raises(ValueError, match="blocks of 128 to 512 tokens, multiples of 128"):
+        _config(tiny_model_dir, block_size=64)
+    assert _config(tiny_model_dir, block_size=256).cache_config.block_size == 256
+    with pytest.raises(ValueError, match=r"unknown additional_config.ascend keys \['nz'\]"):
+        _config(tiny_model_dir, additional_config={"ascend": {"nz": 1}})
+    with pytest.raises(ValueError, match="device_memory='lots' is not a memory size"):
+        _config(tiny_model_dir, additional_config={"ascend": {"device_memory": "lots"}})
+
+
+def test_npu_platform_refuses_until_its_worker_lands(tiny_model_dir):
+    from vllm_ascend.platform import NPUPlatform
+
+    with pytest.raises(NotImplementedError, match="only emulated"):
+        NPUPlatform.check_and_update_config(_config(tiny_model_dir))
