@@ -133,7 +133,11 @@ class AscendMetadataBuilder(AttentionMetadataBuilder[AscendMetadata]):
             raise NotImplementedError("vllm-ascend attention serves causal decoders only")
         n = meta.num_reqs
         starts = meta.query_start_loc_cpu[: n + 1].tolist()
-        seq_lens = meta.seq_lens[:n].cpu().tolist()
+        # vLLM keeps a host copy of the lengths (exact without speculative
+        # decoding, which this backend does not take): no device-to-host copy
+        host_seq_lens = meta.seq_lens_cpu_upper_bound
+        seq_lens = (host_seq_lens if host_seq_lens is not None else meta.seq_lens.cpu())[:n]
+        seq_lens = seq_lens.tolist()
         query_lens = [b - a for a, b in pairwise(starts)]
         state = classify(query_lens, seq_lens)
         states_seen[state.name] += 1
@@ -222,5 +226,6 @@ class AscendAttentionImpl(AttentionImpl):
                 block_size=block_size, actual_seq_lengths_kv=meta.seq_lens, **common)
         out = output.view(output.shape[0], -1)
         out[:n] = attended.reshape(n, -1)
-        out[n:] = 0  # padded rows: never uninitialised memory in the next layer
+        if out.shape[0] > n:
+            out[n:] = 0  # padded rows: never uninitialised memory in the next layer
         return output

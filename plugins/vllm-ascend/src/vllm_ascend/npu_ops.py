@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from vllm_ascend.emulation import REFERENCES
 
 #: launches per op name, in this process, since the last :func:`counting`
@@ -22,6 +24,8 @@ launches: Counter[str] = Counter()
 
 _emulated = True
 _launchers: dict[str, Callable[..., Any]] = {}
+#: > 0 while a launcher runs: the aten ops of a reference are one NPU kernel
+_inside = 0
 
 
 def select(*, emulated: bool) -> None:
@@ -51,8 +55,13 @@ def __getattr__(name: str) -> Callable[..., Any]:
         target = _target(name)
 
         def launcher(*args: Any, **kwargs: Any) -> Any:
+            global _inside
             launches[name] += 1
-            return target(*args, **kwargs)
+            _inside += 1
+            try:
+                return target(*args, **kwargs)
+            finally:
+                _inside -= 1
 
         launcher.__name__ = name
         _launchers[name] = launcher
@@ -68,3 +77,52 @@ def counting() -> Iterator[Counter[str]]:
         yield seen
     finally:
         seen.update(launches - before)
+
+
+#: aten ops that allocate or describe memory without running a kernel
+_NO_KERNEL = {"empty", "empty_strided", "empty_like", "detach", "alias", "lift_fresh",
+              "_reshape_alias", "unsqueeze_", "squeeze_", "as_strided_", "resize_"}
+#: aten ops that wait for the device: a value or a data-dependent shape on the host
+HOST_SYNC = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
+             "unique_consecutive", "equal", "is_nonzero", "allclose", "item"}
+
+
+class DeviceLaunches(TorchDispatchMode):
+    """Counts the kernels an NPU would run for the code inside it.
+
+    Each ``npu_ops`` call is one kernel (``npu.<op>``), whatever its
+    reference does on the CPU; every other aten op is one kernel
+    (``aten.<op>``) unless it is a view or only allocates. Ops that make the
+    host wait for the device are also listed in :attr:`host_syncs`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels: Counter[str] = Counter()
+        self.host_syncs: Counter[str] = Counter()
+        self._npu_before = launches.copy()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace not in ("aten", "prims"):
+            # vLLM's own ops (vllm::unified_attention_with_output) only wrap
+            # Python code, whose ops this mode does not see: count those with
+            # a mode of their own inside (see benchmarks/ascend_launches.py)
+            return func(*args, **(kwargs or {}))
+        if not _inside:
+            name = func.overloadpacket.__name__
+            if name in HOST_SYNC:
+                self.host_syncs[f"aten.{name}"] += 1
+            if not func.is_view and name not in _NO_KERNEL:
+                self.kernels[f"aten.{name}"] += 1
+        return func(*args, **(kwargs or {}))
+
+    def __exit__(self, *exc: object) -> None:
+        for name, count in (launches - self._npu_before).items():
+            self.kernels[f"npu.{name}"] += count
+        return super().__exit__(*exc)
+
+
+def count_device_launches() -> DeviceLaunches:
+    """``with count_device_launches() as seen: ...``; then ``seen.kernels``."""
+    return DeviceLaunches()
+
