@@ -70,8 +70,11 @@ class _Ops:
 def meta_functions() -> dict[str, Callable[..., Any]]:
     path = f"{wheel().name}/{META_FILE}"
     source = wheel_text(META_FILE)
+    # torch_npu's imports go (stand-ins below); so does "import torch", which
+    # would rebind the stand-in that has torch.ops.npu
     kept = [line for line in source.splitlines()
-            if not line.startswith(("import torch_npu", "from torch_npu", "from torch.library"))]
+            if not line.startswith(("import torch_npu", "from torch_npu", "from torch.library"))
+            and line.strip() != "import torch"]
     registry: dict[str, Callable[..., Any]] = {}
 
     def impl(_library: Any, name: str, *args: Any, **kwargs: Any):
@@ -95,16 +98,12 @@ def meta_functions() -> dict[str, Callable[..., Any]]:
             return _Ops() if name == "npu" else getattr(torch.ops, name)
 
     namespace: dict[str, Any] = {
-        "__name__": "torch_npu_meta", "__file__": str(path),
+        "__name__": "torch_npu_meta", "__file__": path, "torch": _Torch(),
         "Library": lambda *args, **kwargs: None, "impl": impl,
         "ErrCode": _ErrCode(), "ops_error": lambda *args: "",
         "get_cann_version": lambda: CANN_VERSION, "get_soc_version": lambda: SOC_VERSION,
     }
-    namespace["torch"] = _Torch()
-    # the module's own "import torch" would rebind the name; keep the stand-in
-    code = compile("\n".join(line if line.strip() != "import torch" else "pass"
-                             for line in kept), str(path), "exec")
-    exec(code, namespace)
+    exec(compile("\n".join(kept), path, "exec"), namespace)
     return registry
 
 

@@ -121,10 +121,10 @@ class AscendMetadata:
 
 
 class AscendMetadataBuilder(AttentionMetadataBuilder[AscendMetadata]):
+    # vLLM declares the constructor abstract; the base one keeps the device
     def __init__(self, kv_cache_spec: AttentionSpec, layer_names: list[str],
                  vllm_config: VllmConfig, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        self.device = device
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> AscendMetadata:

@@ -35,10 +35,6 @@ def select(*, emulated: bool) -> None:
     _launchers.clear()
 
 
-def is_emulated() -> bool:
-    return _emulated
-
-
 def _target(name: str) -> Callable[..., Any]:
     if _emulated:
         return REFERENCES[name]

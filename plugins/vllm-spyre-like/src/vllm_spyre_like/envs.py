@@ -191,17 +191,26 @@ def check_shapes(shapes: list[WarmupShape], max_model_len: int) -> None:
         )
 
 
-def _setting(additional_config: Mapping[str, Any] | None, key: str, env: str,
-             default: str, choices: Iterable[str], environ: Mapping[str, str] | None) -> str:
-    """A choice from additional_config (wins), else the environment, else the default."""
+def _given(additional_config: Mapping[str, Any] | None, key: str, env: str,
+           environ: Mapping[str, str] | None) -> tuple[Any, str] | None:
+    """(value, where it was given) from additional_config (wins), else the
+    environment; None when neither gives it."""
     environ = os.environ if environ is None else environ
     section = (additional_config or {}).get(CONFIG_SECTION) or {}
     if isinstance(section, Mapping) and section.get(key) is not None:
-        value, where = section[key], f"additional_config.{PLUGIN}.{key}"
-    elif environ.get(env, "").strip():
-        value, where = environ[env], env
-    else:
+        return section[key], f"additional_config.{PLUGIN}.{key}"
+    if environ.get(env, "").strip():
+        return environ[env], env
+    return None
+
+
+def _setting(additional_config: Mapping[str, Any] | None, key: str, env: str,
+             default: str, choices: Iterable[str], environ: Mapping[str, str] | None) -> str:
+    """A choice from additional_config (wins), else the environment, else the default."""
+    given = _given(additional_config, key, env, environ)
+    if given is None:
         return default
+    value, where = given
     choices = tuple(choices)
     text = str(value).strip().lower()
     if text not in choices:
@@ -227,14 +236,10 @@ def compile_backend(additional_config: Mapping[str, Any] | None = None,
 def batch_wait_ms(additional_config: Mapping[str, Any] | None = None,
                   environ: Mapping[str, str] | None = None) -> float:
     """How long static batching may hold a new batch for more requests (0: never)."""
-    environ = os.environ if environ is None else environ
-    section = (additional_config or {}).get(CONFIG_SECTION) or {}
-    if isinstance(section, Mapping) and section.get("batch_wait_ms") is not None:
-        value, where = section["batch_wait_ms"], f"additional_config.{PLUGIN}.batch_wait_ms"
-    elif environ.get(ENV_BATCH_WAIT, "").strip():
-        value, where = environ[ENV_BATCH_WAIT], ENV_BATCH_WAIT
-    else:
+    given = _given(additional_config, "batch_wait_ms", ENV_BATCH_WAIT, environ)
+    if given is None:
         return DEFAULT_BATCH_WAIT_MS
+    value, where = given
     try:
         number = float(str(value).strip()) if not isinstance(value, bool) else -1.0
     except ValueError:

@@ -140,7 +140,6 @@ class StaticBatchingScheduler(Scheduler):
                 if id(request) not in admitted_ids:
                     self.waiting.add_request(request)
 
-
     def _hold(self, group: list[Request]) -> bool:
         """Whether to hold back ``group`` this step, waiting for more requests.
 
