@@ -43,6 +43,18 @@ def test_unknown_additional_config_key_is_refused():
         SimConfig.load({"cpu_sim": {"memory": "1GiB"}})
 
 
+def test_packed_linear_setting(monkeypatch):
+    assert SimConfig.load().packed_linear is True
+    monkeypatch.setenv("VLLM_CPU_SIM_PACKED_LINEAR", "0")
+    assert SimConfig.load().packed_linear is False
+    assert SimConfig.load({"cpu_sim": {"packed_linear": True}}).packed_linear is True
+    monkeypatch.setenv("VLLM_CPU_SIM_PACKED_LINEAR", "maybe")
+    with pytest.raises(ValueError, match="VLLM_CPU_SIM_PACKED_LINEAR='maybe' must be 0 or 1"):
+        SimConfig.load()
+    with pytest.raises(ValueError, match="packed_linear=2 must be true or false"):
+        SimConfig.load({"cpu_sim": {"packed_linear": 2}})
+
+
 def test_bad_thread_count_is_refused(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_SIM_NUM_THREADS", "zero")
     with pytest.raises(ValueError, match="VLLM_CPU_SIM_NUM_THREADS"):
@@ -208,6 +220,52 @@ def test_rms_norm_registration_replaces_vllm_layer():
     assert op_registry_oot["RMSNorm"] is ops.CpuSimRMSNorm
     with set_current_vllm_config(VllmConfig()):
         assert type(RMSNorm(64)) is ops.CpuSimRMSNorm
+
+
+# ---------------------------------------------------------------- linear layers
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 7, 32, 300])
+def test_packed_linear_matches_plain_math(dtype, rows):
+    from vllm_cpu_sim.linear import pack_weight, packed_linear
+
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(40, 24, generator=gen).to(dtype)
+    bias = torch.randn(40, generator=gen).to(dtype)
+    # a non-contiguous 3-D input: the transpose of [24, rows, 2]
+    x = torch.randn(24, rows, 2, generator=gen).to(dtype).permute(1, 2, 0)
+    out = packed_linear(x, pack_weight(weight), 40, bias)
+    expected = x.double() @ weight.double().t() + bias.double()
+    assert out.shape == (rows, 2, 40) and out.dtype == dtype
+    tol = {"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.1, "rtol": 0.02}
+    torch.testing.assert_close(out.double(), expected, **tol)
+
+
+def test_pack_model_swaps_methods_and_keeps_shared_weights():
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    from vllm_cpu_sim.linear import PackedLinearMethod, pack_model
+
+    def layer(weight: torch.nn.Parameter) -> torch.nn.Module:
+        module = torch.nn.Module()
+        module.weight = weight
+        module.quant_method = UnquantizedLinearMethod()
+        return module
+
+    own = torch.nn.Parameter(torch.randn(16, 8), requires_grad=False)
+    shared = torch.nn.Parameter(torch.randn(12, 8), requires_grad=False)
+    model = torch.nn.ModuleDict({"own": layer(own), "tied": layer(shared),
+                                 "embed": torch.nn.Embedding(12, 8)})
+    model["embed"].weight = shared
+    x = torch.randn(5, 8)
+    expected = {"own": x @ own.t(), "tied": x @ shared.t()}
+    assert pack_model(model) == 2
+    for name in ("own", "tied"):
+        module = model[name]
+        assert type(module.quant_method) is PackedLinearMethod
+        torch.testing.assert_close(module.quant_method.apply(module, x), expected[name])
+    assert model["own"].weight.numel() == 0  # the packed copy replaced it
+    assert model["tied"].weight is shared  # still read by the embedding
 
 
 # ---------------------------------------------------------------- communicator

@@ -246,34 +246,43 @@ class CpuSimAttentionImpl(AttentionImpl):
         slot_mapping: torch.Tensor,
     ) -> None:
         n = slot_mapping.shape[0]
-        cache = _flat_cache(kv_cache)
         # Slots of -1 mark padding tokens that own no cache entry.
         slots = slot_mapping.to(torch.int64)
         keep = slots >= 0
         if not bool(keep.all()):
             slots, key, value = slots[keep], key[:n][keep], value[:n][keep]
-        cache[slots, :, : self.head_size] = key[: slots.shape[0]]
-        cache[slots, :, self.head_size :] = value[: slots.shape[0]]
+        n = slots.shape[0]
+        shape = (n, self.num_kv_heads, self.head_size)
+        kv = torch.cat((key[:n].reshape(shape), value[:n].reshape(shape)), dim=-1)
+        # index_copy_ of whole [Hkv * 2D] rows: one pass for K and V together
+        flat = _flat_cache(kv_cache).view(-1, kv.shape[1] * kv.shape[2])
+        flat.index_copy_(0, slots, kv.view(n, flat.shape[1]).to(flat.dtype))
 
     def _attend(self, query: torch.Tensor, cache: torch.Tensor, part: _Part,
                 output: torch.Tensor) -> None:
-        kv = cache[part.kv_slots]  # [R, S, Hkv, 2D]
+        rows, q_len = part.query_index.shape
+        # index_select on [slots, Hkv * 2D] rows: several times faster than
+        # advanced indexing, which walks the gather element by element.
+        kv = cache.view(cache.shape[0], -1).index_select(0, part.kv_slots.view(-1))
+        kv = kv.view(*part.kv_slots.shape, *cache.shape[1:])  # [R, S, Hkv, 2D]
         k = kv[..., : self.head_size].transpose(1, 2)  # [R, Hkv, S, D]
         v = kv[..., self.head_size :].transpose(1, 2)
         # Grouped-query attention without repeating K and V: the G query heads
         # that share a KV head become G x Q query rows of that head (query
         # head h reads KV head h // G). Several times faster on the CPU than
         # SDPA's enable_gqa, which expands K and V.
-        rows, q_len = part.query_index.shape
         group = self.num_heads // self.num_kv_heads
-        q = query[part.query_index]  # [R, Q, Hq, D]
+        q = query.index_select(0, part.query_index.view(-1))  # [R * Q, Hq, D]
         q = q.view(rows, q_len, self.num_kv_heads, group, self.head_size)
         q = q.permute(0, 2, 3, 1, 4).reshape(rows, self.num_kv_heads, group * q_len, -1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=part.grouped_mask(group), scale=self.scale
         )  # [R, Hkv, G*Q, D]
-        out = out.view(rows, self.num_kv_heads, group, q_len, self.head_size)
-        out = out.permute(0, 3, 1, 2, 4)[part.query_valid]  # [tokens, Hkv, G, D]
+        if q_len == 1:  # decodes: one valid row per request, already in order
+            out = out.reshape(rows, -1)
+        else:
+            out = out.view(rows, self.num_kv_heads, group, q_len, self.head_size)
+            out = out.permute(0, 3, 1, 2, 4)[part.query_valid]  # [tokens, Hkv, G, D]
         output[part.token_start : part.token_start + part.num_tokens] = out.reshape(
             part.num_tokens, -1
         ).to(output.dtype)

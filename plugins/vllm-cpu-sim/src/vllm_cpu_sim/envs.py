@@ -20,6 +20,8 @@ ENV_MEMORY = "VLLM_CPU_SIM_DEVICE_MEMORY"
 #: Threads per worker; default: the cores this process may use, split across
 #: the tensor-parallel workers of this machine.
 ENV_THREADS = "VLLM_CPU_SIM_NUM_THREADS"
+#: "0" runs linear layers through F.linear instead of oneDNN on packed weights.
+ENV_PACKED_LINEAR = "VLLM_CPU_SIM_PACKED_LINEAR"
 
 DEFAULT_MEMORY = 2 << 30
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
@@ -55,15 +57,16 @@ def parse_bytes(value: str | int | float, setting: str) -> int:
 class SimConfig:
     device_memory: int = DEFAULT_MEMORY
     num_threads: int | None = None
+    packed_linear: bool = True
 
     @classmethod
     def load(cls, additional_config: dict[str, Any] | None = None) -> SimConfig:
         section = dict((additional_config or {}).get("cpu_sim") or {})
-        unknown = set(section) - {"device_memory", "num_threads"}
+        unknown = set(section) - {"device_memory", "num_threads", "packed_linear"}
         if unknown:
             raise ValueError(
                 f"unknown additional_config.cpu_sim keys {sorted(unknown)}; "
-                "known keys: device_memory, num_threads"
+                "known keys: device_memory, num_threads, packed_linear"
             )
         memory: Any = section.get("device_memory", os.environ.get(ENV_MEMORY))
         setting = "additional_config.cpu_sim.device_memory" if "device_memory" in section \
@@ -78,4 +81,14 @@ class SimConfig:
                 num_threads = 0
             if num_threads <= 0:
                 raise ValueError(f"{ENV_THREADS}={threads!r} must be a positive integer")
-        return cls(device_memory=device_memory, num_threads=num_threads)
+        packed: Any = section.get("packed_linear", os.environ.get(ENV_PACKED_LINEAR, True))
+        if isinstance(packed, str):
+            flag = {"1": True, "true": True, "0": False, "false": False}.get(packed.lower())
+            if flag is None:
+                raise ValueError(f"{ENV_PACKED_LINEAR}={packed!r} must be 0 or 1")
+            packed = flag
+        if not isinstance(packed, bool):
+            raise ValueError(
+                f"additional_config.cpu_sim.packed_linear={packed!r} must be true or false")
+        return cls(device_memory=device_memory, num_threads=num_threads,
+                   packed_linear=packed)

@@ -4,7 +4,9 @@ vLLM's CPU model runner already does what the simulated device needs: every
 persistent buffer lives on the host, device streams and events are stubbed,
 and the model runs eagerly (the platform sets compilation mode NONE, so its
 warm-up compiles nothing). The attention metadata comes from this plugin's
-backend, and the slot mapping from its kernel override.
+backend, and the slot mapping from its kernel override. What it adds: the
+linear layers' weights are packed for oneDNN once the model is loaded
+(see :mod:`vllm_cpu_sim.linear`).
 
 It is a class of its own so the worker never depends on what vLLM's CPU worker
 would construct, and so that a backend copied from this one has the place for
@@ -15,6 +17,22 @@ from __future__ import annotations
 
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
+from vllm_cpu_sim import get_logger, linear
+from vllm_cpu_sim.envs import SimConfig
+
+logger = get_logger(__name__)
+
 
 class CpuSimModelRunner(CPUModelRunner):
     """vLLM's CPU model runner, built by :class:`~vllm_cpu_sim.worker.CpuSimWorker`."""
+
+    def load_model(self, load_dummy_weights: bool = False) -> None:
+        super().load_model(load_dummy_weights=load_dummy_weights)
+        if not SimConfig.load(self.vllm_config.additional_config).packed_linear:
+            return
+        if self.lora_config is not None:
+            # LoRA's wrappers read their base layer's weight directly.
+            logger.info("cpu_sim: LoRA enabled; linear layers keep F.linear")
+            return
+        count = linear.pack_model(self.model)
+        logger.info("cpu_sim: %d linear layers packed for oneDNN", count)

@@ -17,7 +17,14 @@ import torch
 from vllm.platforms.interface import Platform, PlatformEnum
 
 from vllm_cpu_sim import get_logger
-from vllm_cpu_sim.envs import ENV_ENABLE, ENV_MEMORY, ENV_THREADS, SimConfig, usable_cores
+from vllm_cpu_sim.envs import (
+    ENV_ENABLE,
+    ENV_MEMORY,
+    ENV_PACKED_LINEAR,
+    ENV_THREADS,
+    SimConfig,
+    usable_cores,
+)
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -48,7 +55,9 @@ class CpuSimPlatform(Platform):
     simple_compile_backend: str = "inductor"
     supported_quantization: list[str] = []  # noqa: RUF012 (vLLM declares it so)
     # known to vLLM's environment check, and passed on to Ray workers
-    additional_env_vars: list[str] = [ENV_ENABLE, ENV_MEMORY, ENV_THREADS]  # noqa: RUF012
+    additional_env_vars: list[str] = [  # noqa: RUF012
+        ENV_ENABLE, ENV_MEMORY, ENV_THREADS, ENV_PACKED_LINEAR,
+    ]
 
     @property
     def supported_dtypes(self) -> list[torch.dtype]:

@@ -1,0 +1,86 @@
+"""The default model's linear layers on the CPU: F.linear against packed oneDNN.
+
+Two tables. First each projection shape alone, repeated on one weight (so the
+weight stays in cache): what the kernels can do. Then a whole decode step's
+products, the 30 layers' weights and the LM head in turn, which no cache holds:
+what memory bandwidth allows.
+
+    python benchmarks/cpu_gemm.py
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+# SmolLM2-135M: hidden 576, intermediate 1536, 9 query and 3 KV heads of 64
+SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536),
+          "lm_head": (49152, 576)}
+LAYERS = 30
+
+
+def timed(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def packed(weight: torch.Tensor):
+    w = torch.ops.mkldnn._reorder_linear_weight(weight, 32)
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+
+def main() -> None:
+    from throughput import machine
+
+    torch.manual_seed(0)
+    print(f"\nCommand: `{shlex.join(['python', *sys.argv])}`  ")
+    print(f"Machine: {machine()}, {torch.get_num_threads()} threads\n")
+    print("| dtype | rows | shape | F.linear GFLOP/s | packed oneDNN GFLOP/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows in (32, 2048):
+            for name, (n, k) in SHAPES.items():
+                if name == "lm_head" and rows > 32:
+                    continue  # logits are computed for the last token of each sequence
+                weight = torch.randn(n, k).to(dtype) * 0.05
+                x = torch.randn(rows, k).to(dtype)
+                repeats = 100 if rows == 32 else 10
+                plain = timed(lambda w=weight, x=x: F.linear(x, w), repeats)
+                product = packed(weight)
+                fast = timed(lambda f=product, x=x: f(x), repeats)
+                flops = 2 * rows * n * k
+                print(f"| {str(dtype)[6:]} | {rows} | {name} {n}x{k} | {flops / plain / 1e9:.0f} "
+                      f"| {flops / fast / 1e9:.0f} | {plain / fast:.2f}x |")
+
+    print("\n| dtype | decode step's products, 32 rows (ms) | weights read (MB) | GB/s |")
+    print("|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        layer_shapes = [SHAPES[s] for s in ("qkv", "o", "gate_up", "down")]
+        layers = [[packed(torch.randn(n, k).to(dtype) * 0.05) for n, k in layer_shapes]
+                  for _ in range(LAYERS)]
+        head = packed(torch.randn(*SHAPES["lm_head"]).to(dtype) * 0.05)
+        inputs = {k: torch.randn(32, k).to(dtype) for k in (576, 1536)}
+
+        def step(layers=layers, head=head, inputs=inputs, shapes=layer_shapes) -> None:
+            for layer in layers:
+                for (_, k), f in zip(shapes, layer, strict=True):
+                    f(inputs[k])
+            head(inputs[576])
+
+        elapsed = timed(step, 10)
+        size = torch.tensor([], dtype=dtype).element_size()
+        nbytes = (LAYERS * sum(n * k for n, k in layer_shapes) + 49152 * 576) * size
+        print(f"| {str(dtype)[6:]} | {elapsed * 1e3:.1f} | {nbytes / 1e6:.0f} "
+              f"| {nbytes / elapsed / 1e9:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
