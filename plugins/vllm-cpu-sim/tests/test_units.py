@@ -53,6 +53,9 @@ def test_packed_linear_setting(monkeypatch):
         SimConfig.load()
     with pytest.raises(ValueError, match="packed_linear=2 must be true or false"):
         SimConfig.load({"cpu_sim": {"packed_linear": 2}})
+    with pytest.raises(ValueError,
+                       match=r"additional_config\.cpu_sim\.packed_linear='no' must be 0 or 1"):
+        SimConfig.load({"cpu_sim": {"packed_linear": "no"}})
 
 
 def test_bad_thread_count_is_refused(monkeypatch):

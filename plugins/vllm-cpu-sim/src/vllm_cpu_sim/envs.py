@@ -82,13 +82,14 @@ class SimConfig:
             if num_threads <= 0:
                 raise ValueError(f"{ENV_THREADS}={threads!r} must be a positive integer")
         packed: Any = section.get("packed_linear", os.environ.get(ENV_PACKED_LINEAR, True))
+        setting = "additional_config.cpu_sim.packed_linear" if "packed_linear" in section \
+            else ENV_PACKED_LINEAR
         if isinstance(packed, str):
             flag = {"1": True, "true": True, "0": False, "false": False}.get(packed.lower())
             if flag is None:
-                raise ValueError(f"{ENV_PACKED_LINEAR}={packed!r} must be 0 or 1")
+                raise ValueError(f"{setting}={packed!r} must be 0 or 1")
             packed = flag
         if not isinstance(packed, bool):
-            raise ValueError(
-                f"additional_config.cpu_sim.packed_linear={packed!r} must be true or false")
+            raise ValueError(f"{setting}={packed!r} must be true or false")
         return cls(device_memory=device_memory, num_threads=num_threads,
                    packed_linear=packed)

@@ -16,6 +16,8 @@ uses the packed weight.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from vllm.model_executor.layers.linear import UnquantizedLinearMethod
 from vllm.model_executor.layers.vocab_parallel_embedding import (
@@ -87,9 +89,7 @@ def pack_model(model: torch.nn.Module) -> int:
         logger.warning("cpu_sim: oneDNN matmul is not available in this torch build; "
                        "linear layers use F.linear")
         return 0
-    uses: dict[int, int] = {}
-    for _, param in model.named_parameters(remove_duplicate=False):
-        uses[id(param)] = uses.get(id(param), 0) + 1
+    uses = Counter(id(param) for _, param in model.named_parameters(remove_duplicate=False))
     packed = 0
     for module in model.modules():
         method = getattr(module, "quant_method", None)
