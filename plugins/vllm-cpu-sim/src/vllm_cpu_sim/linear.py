@@ -11,7 +11,10 @@ Inductor's weight freezing uses), so the plugin stays pure PyTorch.
 vLLM has no platform hook for the unquantized GEMM of an out-of-tree
 platform, so the model runner swaps, after loading, the quantization method
 of each unquantized linear layer and of the LM head for one whose ``apply``
-uses the packed weight.
+uses the packed weight. In a compiled model the product is the opaque op
+``cpu_sim::packed_linear``: Inductor lowers ``mkldnn._linear_pointwise`` only
+for the static shapes of its own weight freezing, not for a dynamic token
+count, and fuses the element-wise work around the opaque op just as well.
 """
 
 from __future__ import annotations
@@ -45,6 +48,19 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int,
     return out.view(*x.shape[:-1], out_features)
 
 
+@torch.library.custom_op("cpu_sim::packed_linear", mutates_args=())
+def packed_linear_op(x: torch.Tensor, packed: torch.Tensor, out_features: int,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`packed_linear` as one op in a compiled graph."""
+    return packed_linear(x, packed, out_features, bias)
+
+
+@packed_linear_op.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, out_features: int,
+      bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """The [out, in] weight in oneDNN's layout for :func:`packed_linear`."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(),
@@ -54,8 +70,10 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 class _PackedApply:
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
-        return packed_linear(x, layer.cpu_sim_packed_weight, layer.cpu_sim_out_features,
-                             bias)
+        # Eagerly, the plain function saves the custom op's dispatch (121
+        # products a step in the default model).
+        run = packed_linear_op if torch.compiler.is_compiling() else packed_linear
+        return run(x, layer.cpu_sim_packed_weight, layer.cpu_sim_out_features, bias)
 
 
 class PackedLinearMethod(_PackedApply, UnquantizedLinearMethod):

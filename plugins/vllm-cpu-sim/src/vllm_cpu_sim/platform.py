@@ -215,17 +215,50 @@ class CpuSimPlatform(Platform):
         compilation_config = vllm_config.compilation_config
         compilation_config.cudagraph_capture_sizes = []
         compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-        if compilation_config.mode != CompilationMode.NONE:
-            # Eager keeps the cold start short; graph compilation is opt-in.
-            logger.info("cpu_sim runs the model eagerly (compilation mode NONE)")
+        if vllm_config.lora_config is not None and compilation_config.mode != CompilationMode.NONE:
+            # LoRA's wrappers swap adapters between steps; as on vLLM's CPU
+            # platform, its models run eagerly.
+            logger.info("cpu_sim: LoRA enabled; the model runs eagerly")
             compilation_config.mode = CompilationMode.NONE
-            # vLLM turns custom ops off by default when Inductor would compile
-            # the model (it fuses the native forms); running eagerly, the
-            # custom ops are the fast path, so the base mode becomes "all".
-            # Per-op "+name"/"-name" choices are kept.
+            # vLLM chose "none" (the native forms, for Inductor to fuse);
+            # running eagerly, the custom ops are the fast path. Per-op
+            # "+name"/"-name" choices are kept.
             compilation_config.custom_ops = [
                 "all" if op == "none" else op for op in compilation_config.custom_ops
             ]
+        if compilation_config.mode in (CompilationMode.VLLM_COMPILE,
+                                       CompilationMode.STOCK_TORCH_COMPILE):
+            # VLLM_COMPILE's own Inductor passes look up kernels of vLLM's
+            # compiled `_C` extension, which the empty build lacks, and vLLM's
+            # CPU model runner does not apply STOCK_TORCH_COMPILE. Like vLLM's
+            # CPU platform: one Dynamo trace with a dynamic token count, no
+            # guards, compiled by Inductor, at warm-up.
+            logger.info("cpu_sim: the model is compiled once by Inductor at start "
+                        "(--enforce-eager skips it)")
+            compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
+            # vLLM chose to wrap its IR ops (RMSNorm) as opaque torch ops for
+            # its own passes; traced through instead, Inductor fuses them.
+            compilation_config.ir_enable_torch_wrap = False
+        if compilation_config.mode == CompilationMode.DYNAMO_TRACE_ONCE:
+            compilation_config.inductor_compile_config.update({
+                # no checks on every call of the compiled graph
+                "size_asserts": False,
+                "nan_asserts": False,
+                # the generated kernels take torch's thread count when they
+                # run, not when compiled: the worker sets it, and vLLM
+                # changes it around loading
+                "cpp.dynamic_threads": True,
+                # bfloat16 intermediates rounded where the eager model rounds
+                # them: without it, Inductor keeps fused chains in float32 and
+                # the default model's bfloat16 chat answers drift (e.g. "What
+                # is the capital of France?" gets "L'Étoile, la Marseillaise")
+                "emulate_precision_casts": True,
+            })
+            # vLLM's AOT artifact cache cannot load what this mode saves (its
+            # loader expects VLLM_COMPILE's artifacts), so every start would
+            # compile from scratch; without it, Inductor's own cache serves
+            # the next start in seconds.
+            os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
         # Worker and engine processes are spawned, not forked: a process whose
         # OpenMP pool has run (any torch op on more than one thread) deadlocks

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import psutil
 import torch
-from vllm.config import VllmConfig
+from vllm.config import CompilationMode, VllmConfig
 from vllm.distributed.parallel_state import get_tp_group
 from vllm.utils.torch_utils import set_random_seed
 from vllm.v1.worker.cpu_worker import CPUWorker
@@ -108,6 +108,9 @@ class CpuSimWorker(CPUWorker):
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def determine_available_memory(self) -> int:
+        if self.compilation_config.mode != CompilationMode.NONE:
+            # As vLLM's CPU worker: compile now, not in the first request.
+            self.model_runner.warming_up_model()
         capacity = self.sim.device_memory
         budget = int(capacity * self.cache_config.gpu_memory_utilization)
         weights = self._weights_bytes()
