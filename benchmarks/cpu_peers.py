@@ -287,10 +287,10 @@ def report(args, offline: dict, serve: dict) -> None:
                 peer_cold, peer_warm = starts(peer)
                 ratio = f"{best / max(r['tok_s'] for r in peer):.2f}x"
                 cold_ratio = f"{cold / peer_cold:.2f}x"
-                if warm and peer_warm:
+                if warm is not None and peer_warm is not None:
                     warm_ratio = f"{warm / peer_warm:.2f}x"
             answers = runs[0]["answers"]
-            warm_s = f"{warm:.1f}" if warm else "—"
+            warm_s = "—" if warm is None else f"{warm:.1f}"
             print(f"| {system} | {dtype} | {best:.0f} | {ratio} | {cold:.1f} | {cold_ratio} | "
                   f"{warm_s} | {warm_ratio} | "
                   f"{agreement(answers, ref32) if ref32 else '?'} | "

@@ -13,17 +13,21 @@ import pytest
 from conftest import make_llm
 
 from vllm_harness.fixtures import MAX_TOKENS, PROMPTS
-from vllm_harness.suites.test_correctness import MIN_AGREEMENT, _teacher_forced_agreement
+from vllm_harness.suites.test_correctness import MIN_AGREEMENT, llm_top1_agreement
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("compiled")]
 
 
-@pytest.fixture(scope="module")
-def llm_compiled(engines, model_dir):
-    return engines.get("compiled", lambda: make_llm(
-        model_dir, dtype="float32", enforce_eager=False, max_num_seqs=8,
+def compiled_llm(engines, model_dir: str, dtype: str):
+    return engines.get(f"compiled-{dtype}", lambda: make_llm(
+        model_dir, dtype=dtype, enforce_eager=False, max_num_seqs=8,
         max_num_batched_tokens=256,
     ))
+
+
+@pytest.fixture(scope="module")
+def llm_compiled(engines, model_dir):
+    return compiled_llm(engines, model_dir, "float32")
 
 
 def compile_state(worker) -> dict:
@@ -65,17 +69,6 @@ def test_compiled_greedy_equals_transformers(llm_compiled, hf_greedy):
 def test_compiled_bf16_top1_agrees_with_fp32(engines, model_dir, hf_tokenizer, hf_greedy):
     """Fed transformers' float32 continuation, the compiled bfloat16 model's top-1
     token agrees with it as often as the conformance suite asks of the eager one."""
-    from vllm import SamplingParams
-
-    llm = engines.get("compiled-bf16", lambda: make_llm(
-        model_dir, dtype="bfloat16", enforce_eager=False, max_num_seqs=8,
-        max_num_batched_tokens=256,
-    ))
-    prompts = [hf_tokenizer(p).input_ids + r for p, r in zip(PROMPTS, hf_greedy, strict=True)]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                        SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0),
-                        use_tqdm=False)
-    ranks = [[{t: e.rank for t, e in (lp or {}).items()} for lp in o.prompt_logprobs]
-             for o in outs]
-    rate = _teacher_forced_agreement(ranks, prompts, hf_greedy)
+    llm = compiled_llm(engines, model_dir, "bfloat16")
+    rate = llm_top1_agreement(llm, hf_tokenizer, hf_greedy)
     assert rate >= MIN_AGREEMENT, f"bfloat16 top-1 agreement {rate:.3f} < {MIN_AGREEMENT}"

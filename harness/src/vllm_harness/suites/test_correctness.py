@@ -112,17 +112,24 @@ def _engine_agreement(profile: Profile, model_dir: str, dtype: str,
                       tokenizer: Any, hf_greedy: list[list[int]]) -> float:
     """Agreement of an offline engine in ``dtype``; an unsupported dtype is refused
     when the engine is built."""
-    from vllm import SamplingParams
-
     llm = make_llm(profile, model_dir, dtype=dtype)
     try:
-        prompts = [tokenizer(p).input_ids + r for p, r in zip(PROMPTS, hf_greedy, strict=True)]
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                            SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))
-        ranks = [[{t: e.rank for t, e in (lp or {}).items()} for lp in o.prompt_logprobs]
-                 for o in outs]
+        return llm_top1_agreement(llm, tokenizer, hf_greedy)
     finally:
         shutdown(llm)
+
+
+def llm_top1_agreement(llm: Any, tokenizer: Any, hf_greedy: list[list[int]]) -> float:
+    """Teacher-forced top-1 agreement of a ``vllm.LLM`` with the fp32 reference
+    (a plugin's own tests use it on engines the suite does not build)."""
+    from vllm import SamplingParams
+
+    prompts = [tokenizer(p).input_ids + r for p, r in zip(PROMPTS, hf_greedy, strict=True)]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0),
+                        use_tqdm=False)
+    ranks = [[{t: e.rank for t, e in (lp or {}).items()} for lp in o.prompt_logprobs]
+             for o in outs]
     return _teacher_forced_agreement(ranks, prompts, hf_greedy)
 
 
