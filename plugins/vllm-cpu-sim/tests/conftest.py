@@ -47,7 +47,7 @@ def make_llm(model: str, **kwargs):
     from vllm import LLM
 
     kwargs.setdefault("max_model_len", 512)
-    # Compiling costs 10-55 s an engine; test_compiled covers that path.
+    # Compiling costs 10-30 s an engine; test_compiled covers that path.
     kwargs.setdefault("enforce_eager", True)
     kwargs.setdefault("additional_config", {"cpu_sim": {"device_memory": "1536MiB"}})
     return LLM(model=model, **kwargs)

@@ -1,4 +1,4 @@
-"""The default, compiled model: one Dynamo trace compiled by Inductor at start.
+"""The default, compiled model: vLLM's piecewise compilation, by Inductor, at start.
 
 The conformance suite runs this plugin eagerly (its many engines could not
 each pay for a compile), so the compiled path is held to transformers' tokens
@@ -32,9 +32,14 @@ def llm_compiled(engines, model_dir):
 
 def compile_state(worker) -> dict:
     import torch._dynamo.utils
+    from vllm.compilation.counter import compilation_counter as counter
 
     return {"mode": int(worker.vllm_config.compilation_config.mode),
             "graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"],
+            "pieces": counter.num_piecewise_capturable_graphs_seen,
+            "artifacts": counter.num_compiled_artifacts_saved
+            + counter.num_compiled_artifacts_loaded,
+            "layers": worker.model_config.hf_text_config.num_hidden_layers,
             "packed": sum(type(m.quant_method).__name__ == "PackedLinearMethod"
                           for m in worker.model_runner.get_model().modules()
                           if hasattr(m, "quant_method"))}
@@ -52,8 +57,12 @@ def test_compiled_at_start_with_packed_layers(llm_compiled):
     from vllm.config import CompilationMode
 
     (state,) = llm_compiled.collective_rpc(compile_state)
-    assert state["mode"] == CompilationMode.DYNAMO_TRACE_ONCE
+    assert state["mode"] == CompilationMode.VLLM_COMPILE
     assert state["graphs"] == 1, "the model is traced once, at warm-up"
+    # split at each attention: before the first, between layers, after the last
+    assert state["pieces"] == state["layers"] + 1
+    # the identical pieces between layers compile once (cold) or load once (warm)
+    assert state["artifacts"] == 3
     assert state["packed"] > 0
 
 

@@ -313,3 +313,35 @@ def test_gloo_collectives_match_math():
         torch.testing.assert_close(got["reduce_scatter"], total[:, 2 * rank: 2 * rank + 2])
         torch.testing.assert_close(got["all_gatherv"], torch.cat([xs[0][:1], xs[1][:2]]))
 
+
+
+def test_pass_manager_runs_without_vllm_kernels():
+    """vLLM's post-grad passes fail on the empty build (their last pass looks up
+    `_C` kernels); the plugin's run them all and keep the graph's result."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from vllm.compilation.passes.inductor_pass import pass_context
+    from vllm.compilation.passes.pass_manager import PostGradPassManager
+    from vllm.config import VllmConfig
+    from vllm.config.utils import Range
+
+    from vllm_cpu_sim.passes import CpuSimPassManager
+
+    def step(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.silu(x @ w)
+        return y.reshape(y.shape) + x
+
+    x, w = torch.randn(4, 8), torch.randn(8, 8)
+    config = VllmConfig()
+    with pass_context(Range(1, 8)):
+        vllm_passes = PostGradPassManager()
+        vllm_passes.configure(config)
+        with pytest.raises(AttributeError, match="rotary_embedding"):
+            vllm_passes(make_fx(step)(x, w).graph)
+
+        passes = CpuSimPassManager()
+        passes.configure(config)
+        module = make_fx(step)(x, w)
+        passes(module.graph)
+        module.recompile()
+        torch.testing.assert_close(module(x, w), step(x, w))
+        assert passes.uuid() != vllm_passes.uuid()  # part of Inductor's cache key

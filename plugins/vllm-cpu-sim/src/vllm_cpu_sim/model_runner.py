@@ -2,8 +2,8 @@
 
 vLLM's CPU model runner already does what the simulated device needs: every
 persistent buffer lives on the host, device streams and events are stubbed,
-and its warm-up compiles the model once (Dynamo, then Inductor; the platform
-chooses that mode) unless it runs eagerly. The attention metadata comes from
+and its warm-up compiles the model (vLLM's piecewise compilation with
+Inductor, see :mod:`vllm_cpu_sim.passes`) unless it runs eagerly. The attention metadata comes from
 this plugin's backend, and the slot mapping from its kernel override. What
 it adds: the linear layers' weights are packed for oneDNN once the model is
 loaded (see :mod:`vllm_cpu_sim.linear`).

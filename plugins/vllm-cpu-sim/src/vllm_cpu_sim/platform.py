@@ -103,6 +103,10 @@ class CpuSimPlatform(Platform):
         pass
 
     @classmethod
+    def get_pass_manager_cls(cls) -> str:
+        return "vllm_cpu_sim.passes.CpuSimPassManager"
+
+    @classmethod
     def inference_mode(cls):
         # Inference tensors cannot be updated in place outside inference mode,
         # which the KV cache and persistent batch buffers are; no_grad is enough.
@@ -226,20 +230,23 @@ class CpuSimPlatform(Platform):
             compilation_config.custom_ops = [
                 "all" if op == "none" else op for op in compilation_config.custom_ops
             ]
-        if compilation_config.mode in (CompilationMode.VLLM_COMPILE,
-                                       CompilationMode.STOCK_TORCH_COMPILE):
-            # VLLM_COMPILE's own Inductor passes look up kernels of vLLM's
-            # compiled `_C` extension, which the empty build lacks, and vLLM's
-            # CPU model runner does not apply STOCK_TORCH_COMPILE. Like vLLM's
-            # CPU platform: one Dynamo trace with a dynamic token count, no
-            # guards, compiled by Inductor, at warm-up.
-            logger.info("cpu_sim: the model is compiled once by Inductor at start "
-                        "(--enforce-eager skips it)")
+        if compilation_config.mode == CompilationMode.STOCK_TORCH_COMPILE:
+            # vLLM's CPU model runner does not apply this mode; the nearest one
+            # it does is a single Dynamo trace compiled by Inductor.
             compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
+        if compilation_config.mode == CompilationMode.VLLM_COMPILE:
+            # The piecewise backend looks every token count up among the
+            # compile sizes, which vLLM completes only on platforms with
+            # static graphs.
+            compilation_config.post_init_cudagraph_sizes()
+        if compilation_config.mode in (CompilationMode.VLLM_COMPILE,
+                                       CompilationMode.DYNAMO_TRACE_ONCE):
+            logger.info("cpu_sim: the model is compiled by Inductor at start "
+                        "(--enforce-eager skips it)")
             # vLLM chose to wrap its IR ops (RMSNorm) as opaque torch ops for
-            # its own passes; traced through instead, Inductor fuses them.
+            # fusion passes that need its `_C` kernels; traced through
+            # instead, Inductor fuses them with their neighbours.
             compilation_config.ir_enable_torch_wrap = False
-        if compilation_config.mode == CompilationMode.DYNAMO_TRACE_ONCE:
             compilation_config.inductor_compile_config.update({
                 # no checks on every call of the compiled graph
                 "size_asserts": False,
@@ -254,10 +261,12 @@ class CpuSimPlatform(Platform):
                 # is the capital of France?" gets "L'Étoile, la Marseillaise")
                 "emulate_precision_casts": True,
             })
-            # vLLM's AOT artifact cache cannot load what this mode saves (its
-            # loader expects VLLM_COMPILE's artifacts), so every start would
-            # compile from scratch; without it, Inductor's own cache serves
-            # the next start in seconds.
+            # vLLM's AOT cache of the compiled model fails here: VLLM_COMPILE's
+            # artifact would hold the packed (oneDNN) weights, which cannot be
+            # serialized, and its loader cannot read DYNAMO_TRACE_ONCE's, so
+            # every start would try, fail and compile again. Without it,
+            # vLLM's per-graph cache (VLLM_COMPILE) or Inductor's own cache
+            # serves the next start.
             os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
         # Worker and engine processes are spawned, not forked: a process whose
