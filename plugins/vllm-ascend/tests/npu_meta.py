@@ -97,25 +97,47 @@ def meta_functions() -> dict[str, Callable[..., Any]]:
         def __getattr__(self, name: str) -> Any:
             return _Ops() if name == "npu" else getattr(torch.ops, name)
 
+    class _TorchNpu:
+        """torch_npu's own dtypes (int4, float4_e2m1fn_x2, ...): names that equal
+        no torch dtype, as none of the plugin's calls passes one."""
+
+        def __getattr__(self, name: str) -> str:
+            return f"torch_npu.{name}"
+
     namespace: dict[str, Any] = {
         "__name__": "torch_npu_meta", "__file__": path, "torch": _Torch(),
+        "torch_npu": _TorchNpu(),
         "Library": lambda *args, **kwargs: None, "impl": impl,
         "ErrCode": _ErrCode(), "ops_error": lambda *args: "",
         "get_cann_version": lambda: CANN_VERSION, "get_soc_version": lambda: SOC_VERSION,
     }
     exec(compile("\n".join(kept), path, "exec"), namespace)
+    # ScalarType numbers of torch's own dtypes (torch_npu's start at 285)
+    _DTYPE_NUMBERS.update({dtype: number for number, dtype in
+                           namespace["TORCH_DTYPE_ENUM_VALUE_TO_SCALAR_TYPE_MAP"].items()
+                           if number < 256})
     return registry
 
 
+#: torch dtype -> the ScalarType number a meta function receives for it
+_DTYPE_NUMBERS: dict[Any, int] = {}
+
+
 def meta_of(op: str, *args: Any, **kwargs: Any) -> Any:
-    """The meta function's outputs for ``args`` moved to the meta device."""
+    """The meta function's outputs for ``args`` moved to the meta device; a
+    dtype becomes its ScalarType number, as the dispatcher passes it to an
+    ``int`` argument of the schema."""
     import torch
 
+    meta = meta_functions()[op]
+
     def to_meta(value: Any) -> Any:
+        if isinstance(value, torch.dtype):
+            return _DTYPE_NUMBERS[value]
         if isinstance(value, torch.Tensor):
             return value.to("meta")
         if isinstance(value, (list, tuple)):
             return type(value)(to_meta(v) for v in value)
         return value
 
-    return meta_functions()[op](*to_meta(args), **{k: to_meta(v) for k, v in kwargs.items()})
+    return meta(*to_meta(args), **{k: to_meta(v) for k, v in kwargs.items()})

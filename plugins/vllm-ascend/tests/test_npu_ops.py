@@ -224,6 +224,94 @@ def check_npu_fused_infer_attention_score() -> None:
             actual_seq_lengths_kv=cum_kv, num_heads=heads, quant_scale2=torch.ones(1))
 
 
+def _round_half_even(v: float) -> int:
+    return round(v)  # Python's round() ties to even
+
+
+def check_npu_quantize() -> None:
+    x = torch.randn(3, 4, 6) * 4
+    scales = torch.rand(6) + 0.05
+    offsets = torch.tensor([-3.0, 0.0, 2.0, 5.0, -128.0, 7.0])
+    for div_mode in (True, False):
+        out = npu_ops.npu_quantize(x, scales, offsets, torch.qint8, -1, div_mode)
+        assert out.dtype == torch.int8
+        for idx in [(0, 0, 0), (1, 2, 3), (2, 3, 5), (0, 1, 4), (2, 0, 1)]:
+            v = float(x[idx]) / float(scales[idx[-1]]) if div_mode else \
+                float(x[idx]) * float(scales[idx[-1]])
+            expected = max(-128, min(127, _round_half_even(v + float(offsets[idx[-1]]))))
+            assert int(out[idx]) == expected, (div_mode, idx)
+        same_meta(out, meta_of("npu_quantize", x, scales, offsets, torch.qint8, -1, div_mode))
+    # one scale for the whole tensor, no offset: saturates at the int8 range
+    big = torch.tensor([[1000.0, -1000.0, 0.5, 1.5, 2.5]])
+    out = npu_ops.npu_quantize(big, torch.tensor([1.0]), None, torch.qint8, -1, True)
+    assert out.tolist() == [[127, -128, 0, 2, 2]]  # ties to even
+    # div_mode along axis 1 (a per-row scale)
+    rows = npu_ops.npu_quantize(x[0], torch.tensor([1.0, 2.0, 4.0, 8.0]), None,
+                                torch.qint8, 0, True)
+    close(rows.float(), torch.round(x[0] / torch.tensor([[1.0], [2.0], [4.0], [8.0]])))
+    with pytest.raises(ValueError, match="does not run along"):
+        npu_ops.npu_quantize(x, torch.rand(5), None, torch.qint8, -1, True)
+
+
+def check_npu_dynamic_quant() -> None:
+    x = torch.randn(5, 16) * torch.tensor([[0.1], [1.0], [10.0], [3.0], [0.0]])
+    y, scale = npu_ops.npu_dynamic_quant(x)
+    assert y.dtype == torch.int8 and scale.dtype == torch.float32
+    for i in range(4):
+        row_max = max(abs(float(v)) for v in x[i])
+        assert math.isclose(float(scale[i]), row_max / 127, rel_tol=1e-6)
+        for j in range(16):
+            assert int(y[i, j]) == _round_half_even(float(x[i, j]) / float(scale[i]))
+    assert float(scale[4]) == 0 and not y[4].any()  # a row of zeros
+    # the largest entry of each row maps to ±127, and y·scale is within half a step of x
+    assert (y[:4].abs().amax(-1) == 127).all()
+    assert ((y.float() * scale[:, None] - x).abs() <= scale[:, None] / 2 + 1e-6).all()
+    smooth = torch.rand(16) + 0.5
+    ys, ss = npu_ops.npu_dynamic_quant(x, smooth_scales=smooth)
+    y2, s2 = npu_ops.npu_dynamic_quant(x * smooth)
+    assert torch.equal(ys, y2) and torch.equal(ss, s2)
+    same_meta((y, scale), meta_of("npu_dynamic_quant", x))
+    x3 = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+    same_meta(npu_ops.npu_dynamic_quant(x3), meta_of("npu_dynamic_quant", x3))
+    with pytest.raises(NotImplementedError, match="group_index"):
+        npu_ops.npu_dynamic_quant(x, group_index=torch.tensor([5], dtype=torch.int32))
+
+
+def check_npu_quant_matmul() -> None:
+    m, k, n = 4, 8, 5
+    x1 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    x2 = torch.randint(-128, 128, (k, n), dtype=torch.int8)
+    scale = torch.rand(n) * 1e-3
+    per_token = torch.rand(m) + 0.5
+    bias = torch.randint(-5000, 5000, (n,), dtype=torch.int32)
+    acc = [[sum(int(x1[i, t]) * int(x2[t, j]) for t in range(k)) for j in range(n)]
+           for i in range(m)]
+    # dequantized to a float dtype: (x1·x2 + int32 bias) · scale
+    out = npu_ops.npu_quant_matmul(x1, x2, scale, bias=bias, output_dtype=torch.float32)
+    expected = torch.tensor([[(acc[i][j] + int(bias[j])) * float(scale[j]) for j in range(n)]
+                             for i in range(m)])
+    close(out, expected)
+    # per-token scale and a floating bias, as W8A8_DYNAMIC uses it
+    fbias = torch.randn(n, dtype=torch.bfloat16)
+    out = npu_ops.npu_quant_matmul(x1, x2, scale, pertoken_scale=per_token, bias=fbias,
+                                   output_dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    expected = torch.tensor([[acc[i][j] * float(scale[j]) * float(per_token[i])
+                              + float(fbias[j]) for j in range(n)] for i in range(m)])
+    close(out.float(), expected.to(torch.bfloat16).float(), 1e-2)
+    same_meta(out, meta_of("npu_quant_matmul", x1, x2, scale, pertoken_scale=per_token,
+                           bias=fbias, output_dtype=torch.bfloat16))
+    # int8 out (the default): requantized with the offset, rounded and saturated
+    q = npu_ops.npu_quant_matmul(x1, x2, torch.tensor([0.01]), offset=torch.tensor([3.0]))
+    assert q.dtype == torch.int8
+    assert q.tolist() == [[max(-128, min(127, _round_half_even(acc[i][j] * 0.01 + 3)))
+                           for j in range(n)] for i in range(m)]
+    with pytest.raises(ValueError, match="do not multiply"):
+        npu_ops.npu_quant_matmul(x1, x2[:-1], scale)
+    with pytest.raises(NotImplementedError, match="int64"):
+        npu_ops.npu_quant_matmul(x1, x2, scale.to(torch.int64))
+
+
 CHECKS = {name.removeprefix("check_"): fn for name, fn in globals().items()
           if name.startswith("check_")}
 

@@ -73,6 +73,17 @@ def register() -> str | None:
     return _activate(NPU_PLATFORM)
 
 
+def register_quantization() -> None:
+    """The ``vllm.general_plugins`` entry point: the W8A8 method
+    (``--quantization ascend``), only where this plugin is vLLM's platform."""
+    from vllm.platforms import current_platform
+
+    from vllm_ascend.platform import NPUPlatform
+
+    if isinstance(current_platform, NPUPlatform):
+        import vllm_ascend.quantization  # noqa: F401  (registers it with vLLM)
+
+
 def _activate(platform: str) -> str:
     from vllm_ascend import patches
 

@@ -355,6 +355,146 @@ def npu_fused_infer_attention_score(
     return out, lse_out
 
 
+# --- quantization -----------------------------------------------------------------
+
+#: output dtypes of the integer quantization ops, by the names torch_npu takes
+_INT_DTYPES = {torch.qint8: torch.int8, torch.int8: torch.int8,
+               torch.quint8: torch.uint8, torch.uint8: torch.uint8,
+               torch.qint32: torch.int32, torch.int32: torch.int32}
+
+
+def _saturate(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round to the nearest integer (ties to even: torch_npu's documents do not
+    name the tie rule) and clamp to the range of ``dtype``."""
+    info = torch.iinfo(dtype)
+    return torch.round(x).clamp(info.min, info.max).to(dtype)
+
+
+def _along(t: torch.Tensor, x: torch.Tensor, dim: int, name: str) -> torch.Tensor:
+    """``t`` (one value, a 1-D tensor of x's size at ``dim``, or x's rank with
+    every other dim 1) shaped to broadcast against x."""
+    if t.dim() == 1 and t.numel() in (1, x.shape[dim]):
+        shape = [1] * x.dim()
+        shape[dim] = t.numel()
+        return t.float().reshape(shape)
+    if t.dim() == x.dim() and all(t.shape[i] == 1 for i in range(x.dim()) if i != dim) \
+            and t.shape[dim] in (1, x.shape[dim]):
+        return t.float()
+    raise ValueError(f"{name} of shape {tuple(t.shape)} does not run along dim {dim} "
+                     f"of input {tuple(x.shape)}")
+
+
+def npu_quantize(self: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                 dtype: torch.dtype, axis: int = 1, div_mode: bool = True) -> torch.Tensor:
+    """x / scales + zero_points (``div_mode``) or x · scales + zero_points, in
+    float32, rounded and saturated to ``dtype``. scales and zero_points run
+    along ``axis``; without ``div_mode`` an axis of -2 is the second-last dim
+    and any larger one the last."""
+    out_dtype = _INT_DTYPES.get(dtype)
+    if out_dtype is None:
+        raise NotImplementedError(f"npu_quantize: the emulation does not implement dtype {dtype}")
+    if div_mode:
+        if not -self.dim() <= axis < self.dim():
+            raise ValueError(f"npu_quantize: axis {axis} outside input of {self.dim()} dims")
+        dim = axis % self.dim()
+    else:
+        if axis < -2:
+            raise ValueError(f"npu_quantize: axis must be >= -2 without div_mode, got {axis}")
+        dim = self.dim() - 2 if axis == -2 else self.dim() - 1
+    y = self.float()
+    s = _along(scales, self, dim, "scales")
+    y = y / s if div_mode else y * s
+    if zero_points is not None:
+        y = y + _along(zero_points, self, dim, "zero_points")
+    return _saturate(y, out_dtype)
+
+
+def npu_dynamic_quant(input: torch.Tensor, *, smooth_scales: torch.Tensor | None = None,
+                      group_index: torch.Tensor | None = None, dst_type: Any = None,
+                      quant_mode: str = "pertoken", dst_type_max: float = 0.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, scale): symmetric per-token int8, scale = rowmax(|x · smooth|) / 127
+    in float32 (x's shape without its last dim), y = round(x · smooth / scale).
+    A row of zeros has scale 0 and y 0."""
+    _unsupported("npu_dynamic_quant", group_index=group_index)
+    if dst_type not in (None, torch.int8, torch.qint8):
+        raise NotImplementedError(f"npu_dynamic_quant: the emulation does not implement "
+                                  f"dst_type {dst_type}")
+    if quant_mode != "pertoken" or dst_type_max != 0.0:
+        raise NotImplementedError("npu_dynamic_quant: the emulation implements quant_mode "
+                                  "'pertoken' with the int8 range only")
+    if input.dim() < 2:
+        raise ValueError("npu_dynamic_quant: input needs at least 2 dims")
+    x = input.float()
+    if smooth_scales is not None:
+        if tuple(smooth_scales.shape) != (x.shape[-1],):
+            raise ValueError(f"npu_dynamic_quant: smooth_scales {tuple(smooth_scales.shape)} "
+                             f"must be ({x.shape[-1]},)")
+        x = x * smooth_scales.float()
+    scale = x.abs().amax(dim=-1) / 127.0
+    safe = torch.where(scale > 0, scale, 1.0)[..., None]
+    return _saturate(x / safe, torch.int8), scale
+
+
+def npu_quant_matmul(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *,
+                     offset: torch.Tensor | None = None,
+                     pertoken_scale: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, output_dtype: Any = None,
+                     x1_dtype: Any = None, x2_dtype: Any = None,
+                     pertoken_scale_dtype: Any = None, scale_dtype: Any = None,
+                     group_sizes: Sequence[int] | None = None,
+                     y_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """int8 x1 @ int8 x2 accumulated exactly (int32 on the NPU), plus an int32
+    bias, times the per-channel ``scale`` and the per-token ``pertoken_scale``,
+    plus a floating bias; int8 output (the default) adds ``offset`` and is
+    rounded and saturated. float32 output is an emulation extension."""
+    _unsupported("npu_quant_matmul", x1_dtype=x1_dtype, x2_dtype=x2_dtype,
+                 pertoken_scale_dtype=pertoken_scale_dtype, scale_dtype=scale_dtype,
+                 group_sizes=group_sizes, y_scale=y_scale)
+    if x1.dtype != torch.int8 or x2.dtype != torch.int8:
+        raise NotImplementedError("npu_quant_matmul: the emulation implements int8 x1 and x2 "
+                                  f"only, got {x1.dtype} and {x2.dtype}")
+    if not (2 <= x1.dim() <= 6 and 2 <= x2.dim() <= 6):
+        raise ValueError("npu_quant_matmul: x1 and x2 need 2 to 6 dims")
+    k, n = x2.shape[-2:]
+    if x1.shape[-1] != k:
+        raise ValueError(f"npu_quant_matmul: x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)} "
+                         "do not multiply")
+    if scale.dtype == torch.int64:
+        raise NotImplementedError("npu_quant_matmul: the emulation takes scale in float32 or "
+                                  "bfloat16, not npu_trans_quant_param's int64")
+    if scale.dim() != 1 or scale.numel() not in (1, n):
+        raise ValueError(f"npu_quant_matmul: scale must be (1,) or ({n},), "
+                         f"got {tuple(scale.shape)}")
+    out_dtype = torch.int8 if output_dtype is None else output_dtype
+    if out_dtype not in (torch.int8, torch.float16, torch.bfloat16, torch.float32):
+        raise NotImplementedError(f"npu_quant_matmul: the emulation does not implement "
+                                  f"output_dtype {out_dtype}")
+    if offset is not None and out_dtype != torch.int8:
+        raise ValueError("npu_quant_matmul: offset applies to int8 output only")
+    if x2.dim() == 2:
+        # int8 products summed exactly in int32, as the NPU's cube unit does
+        rows = torch._int_mm(x1.reshape(-1, k), x2).reshape(*x1.shape[:-1], n)
+        acc = rows.double()
+    else:  # float64 holds every int8 product sum of k < 2**38 terms exactly
+        acc = torch.matmul(x1.double(), x2.double())
+    if bias is not None and bias.dtype == torch.int32:
+        acc = acc + bias.double()
+    y = acc * scale.double()
+    if pertoken_scale is not None:
+        if tuple(pertoken_scale.shape) != tuple(x1.shape[:-1]):
+            raise ValueError(f"npu_quant_matmul: pertoken_scale {tuple(pertoken_scale.shape)} "
+                             f"must be ({', '.join(map(str, x1.shape[:-1]))},)")
+        y = y * pertoken_scale.double()[..., None]
+    if bias is not None and bias.dtype != torch.int32:
+        y = y + bias.double()
+    if out_dtype == torch.int8:
+        if offset is not None:
+            y = y + offset.double()
+        return _saturate(y, torch.int8)
+    return y.to(out_dtype)
+
+
 #: Every op the plugin may call, by its torch_npu name.
 REFERENCES: dict[str, Callable[..., Any]] = {
     "npu_rms_norm": npu_rms_norm,
@@ -364,4 +504,7 @@ REFERENCES: dict[str, Callable[..., Any]] = {
     "npu_mrope": npu_mrope,
     "npu_scatter_pa_kv_cache": npu_scatter_pa_kv_cache,
     "npu_fused_infer_attention_score": npu_fused_infer_attention_score,
+    "npu_quantize": npu_quantize,
+    "npu_dynamic_quant": npu_dynamic_quant,
+    "npu_quant_matmul": npu_quant_matmul,
 }

@@ -52,7 +52,8 @@ class NPUPlatform(Platform):
     ray_device_key: str = "NPU"
     device_control_env_var: str = "ASCEND_RT_VISIBLE_DEVICES"
     simple_compile_backend: str = "eager"
-    supported_quantization: ClassVar[list[str]] = []
+    #: W8A8 in ModelSlim's format (:mod:`vllm_ascend.quantization`)
+    supported_quantization: ClassVar[list[str]] = ["ascend"]
     additional_env_vars: ClassVar[list[str]] = ENV_VARS
     #: the dtypes of the NPU's attention and norm kernels
     kernel_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.bfloat16, torch.float16)
@@ -176,6 +177,18 @@ class NPUPlatform(Platform):
             attention.backend = None
 
     @classmethod
+    def _check_modelslim_checkpoint(cls, model_config) -> None:
+        """A ModelSlim checkpoint loaded without its method would put int8
+        weights into floating-point layers; refuse it with the flag to pass."""
+        from vllm_ascend.quantization import DESCRIPTION_FILE, NAME
+
+        described = os.path.isfile(os.path.join(str(model_config.model), DESCRIPTION_FILE))
+        if described and model_config.quantization != NAME:
+            raise ValueError(
+                f"{model_config.model} is a ModelSlim quantized checkpoint ({DESCRIPTION_FILE}); "
+                f"load it with --quantization {NAME}")
+
+    @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         from vllm.config import CompilationMode, CUDAGraphMode
 
@@ -189,6 +202,7 @@ class NPUPlatform(Platform):
                 "capture come in a later version")
         if vllm_config.model_config is not None:
             cls.check_if_supports_dtype(vllm_config.model_config.dtype)
+            cls._check_modelslim_checkpoint(vllm_config.model_config)
         parallel = vllm_config.parallel_config
         if parallel.worker_cls == "auto":
             parallel.worker_cls = "vllm_ascend.worker.NPUWorker"
