@@ -24,7 +24,7 @@ from vllm_ascend import PLUGIN, __version__, get_logger
 from vllm_ascend.envs import ENV_VARS, AscendConfig, usable_cores
 
 if TYPE_CHECKING:
-    from vllm.config import VllmConfig
+    from vllm.config import ModelConfig, VllmConfig
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
     from vllm.v1.attention.selector import AttentionSelectorConfig
 
@@ -177,7 +177,7 @@ class NPUPlatform(Platform):
             attention.backend = None
 
     @classmethod
-    def _check_modelslim_checkpoint(cls, model_config) -> None:
+    def _check_modelslim_checkpoint(cls, model_config: ModelConfig) -> None:
         """A ModelSlim checkpoint loaded without its method would put int8
         weights into floating-point layers; refuse it with the flag to pass."""
         from vllm_ascend.quantization import DESCRIPTION_FILE, NAME
