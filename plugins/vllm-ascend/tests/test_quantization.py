@@ -120,12 +120,7 @@ def _layers_against_plain_math(worker, path: str, scheme: str) -> dict[str, floa
     """Each linear layer of decoder layer 3, as loaded by the engine, on inputs
     that quantize exactly, against the formula on the checkpoint's tensors:
     the largest error per layer, relative to the largest output."""
-    import torch
-    from safetensors.torch import load_file
-
-    from vllm_ascend.modelslim import WEIGHTS_FILE
-
-    tensors = load_file(f"{path}/{WEIGHTS_FILE}")
+    tensors = _tensors(Path(path))
     block = worker.model_runner.get_model().model.layers[3]
     parts = {"self_attn.qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
              "self_attn.o_proj": ["self_attn.o_proj"],
@@ -139,24 +134,14 @@ def _layers_against_plain_math(worker, path: str, scheme: str) -> dict[str, floa
         k = tensors[f"{first}.weight"].shape[1]
         q = torch.randint(-127, 128, (5, k), generator=generator).double()
         q[:, 0] = 127  # every row reaches the int8 edge: the dynamic scale is exact
-        if scheme == "W8A8":
+        if scheme == STATIC:
             s = tensors[f"{first}.input_scale"].double()
             off = tensors[f"{first}.input_offset"].double()
-            q = q.clamp(-128 - off, 127 - off)
-            x = (q * s).float()  # quantizes to q + off exactly
-            x_q = q + off
+            x = (q.clamp(-128 - off, 127 - off) * s).float()  # quantizes exactly
         else:
-            x, x_q = (q * 0.03).float(), q
-        expected = []
-        for name in names:
-            w = tensors[f"model.layers.3.{name}.weight"].double()
-            if scheme == "W8A8":
-                acc = x_q @ w.T + tensors[f"model.layers.3.{name}.quant_bias"].double()
-                expected.append(acc * tensors[f"model.layers.3.{name}.deq_scale"].double())
-            else:
-                w_scale = tensors[f"model.layers.3.{name}.weight_scale"].double().flatten()
-                expected.append((x_q @ w.T) * w_scale * 0.03)
-        expected = torch.cat(expected, dim=1)
+            x = (q * 0.03).float()
+        expected = torch.cat([plain_w8a8(tensors, f"model.layers.3.{name}", scheme)(x.double())
+                              for name in names], dim=1)
         out = layer(x)[0].double()
         errors[fused] = float((out - expected).abs().max() / expected.abs().max())
     return errors
