@@ -73,10 +73,11 @@ def test_expand_suites_and_reject_unknown():
 def test_profiles_merge_over_the_base():
     data = dict(BASE, profiles={
         "static": {"engine": {"block_size": 128}, "features": {"claims": ["server.*"]}},
-        "paged": {},
+        "paged": {"engine": {"model": "moe"}},
     })
     static, paged = parse(data, "p", "vllm-p", "1.0", "test")
     assert (static.column, static.block_size, paged.block_size) == ("p/static", 128, 64)
+    assert (static.model, paged.model) == ("full", "moe")
     assert static.claims_feature("server.chat")
     assert not static.claims_feature("registration.default")
     assert paged.claims_feature("registration.default") and paged.dtypes == ["float32"]
@@ -89,6 +90,7 @@ def test_profiles_merge_over_the_base():
     ({"platform": {"class": "x"}}, "hardware is required"),
     ({"platform": dict(BASE["platform"], hardware="npu")}, "hardware must be one of"),
     ({"engine": {"blocksize": 16}}, r"\[engine\]: unknown key"),
+    ({"engine": {"model": "gpt-5"}}, r"model: 'gpt-5' is not a harness model"),
     ({"features": {"claims": ["robustness.unservable"]}}, "names no .* unservable_request"),
     ({"engine": {"unservable_request": {"prompt_tokens": 9}}}, "needs prompt_tokens and max"),
     ({"features": {"claims": ["sampling.*"], "not_observable": {"sampling.n": "x"}}},
@@ -165,3 +167,15 @@ def test_refusal_reason_drops_pydantic_wrapping():
     assert is_refusal(info.value)
     assert refusal_reason(info.value) == "p does not support dtype=float16; use float32"
     assert refusal_reason(NotImplementedError("no\n  sliding window")) == "no sliding window"
+
+
+def test_top1_agreement_counts_exact_ties():
+    """A position agrees when the reference token's logprob is the engine's best,
+    tied or not; vLLM's rank would call both tied tokens 2."""
+    from vllm_harness.suites.test_correctness import _teacher_forced_agreement
+
+    prompts, refs = [[1, 2, 5, 7, 9]], [[5, 7, 9]]
+    logprobs = [[{}, {}, {5: -0.5, 6: -0.5},  # tied best: agrees
+                 {7: -2.0, 8: -0.1},  # another token is better: disagrees
+                 {9: -0.2}]]  # the reference is the engine's best
+    assert _teacher_forced_agreement(logprobs, prompts, refs) == pytest.approx(2 / 3)

@@ -19,8 +19,11 @@ def _results_dir(value: str | None) -> Path:
 def _profiles(names: list[str] | None) -> list[declaration.Profile]:
     profiles = declaration.discover([n.split("/", 1)[0] for n in names] if names else None)
     if names:
+        # a column, an entry point (all its profiles), or ENTRY/PROFILE (that one,
+        # the default profile included)
         wanted = set(names)
-        profiles = [p for p in profiles if p.column in wanted or p.entry_point in wanted]
+        profiles = [p for p in profiles if p.column in wanted or p.entry_point in wanted
+                    or f"{p.entry_point}/{p.name}" in wanted]
     if not profiles:
         raise declaration.DeclarationError("no platform plugin with a declaration is installed")
     return profiles
@@ -29,7 +32,7 @@ def _profiles(names: list[str] | None) -> list[declaration.Profile]:
 def _list(args: argparse.Namespace) -> int:
     for p in _profiles(args.platform):
         print(f"{p.column:<24} {p.package} {p.version}  {p.hardware}  "
-              f"class {p.platform_class}  claims {len(p.claims)}  "
+              f"class {p.platform_class}  model {p.model}  claims {len(p.claims)}  "
               f"active by default: {p.active_by_default}")
     return 0
 
@@ -47,6 +50,10 @@ def _vllm_tests(args: argparse.Namespace) -> int:
     groups = args.groups.split(",") if args.groups else None
     ok = True
     for profile in _profiles(args.platform):
+        if profile.model != "full":
+            print(f"{profile.column}: vLLM's tests run on the default model only; this "
+                  f"profile runs the {profile.model!r} model, so they are not run here")
+            continue
         ok &= vllm_tests.run(profile, _results_dir(args.results), groups)
     return 0 if ok else 1
 

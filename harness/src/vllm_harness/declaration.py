@@ -17,6 +17,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from vllm_harness.features import expand
+from vllm_harness.models import VARIANTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,8 +30,8 @@ HARDWARE = ("real", "emulated")
 _TOP_KEYS = {"schema", "platform", "engine", "features", "profiles"}
 _PLATFORM_KEYS = {"class", "hardware", "active_by_default", "activation_log", "select_env",
                   "deselect_env"}
-_ENGINE_KEYS = {"dtypes", "block_size", "max_model_len", "env", "args", "server_args",
-                "unservable_request"}
+_ENGINE_KEYS = {"model", "dtypes", "block_size", "max_model_len", "env", "args",
+                "server_args", "unservable_request"}
 _FEATURE_KEYS = {"claims", "not_observable"}
 
 
@@ -61,6 +62,8 @@ class Profile:
     unservable_request: dict[str, Any] | None
     claims: set[str]
     not_observable: dict[str, str] = field(default_factory=dict)
+    #: the harness model variant the suites run (``vllm_harness.models.VARIANTS``)
+    model: str = "full"
 
     @property
     def column(self) -> str:
@@ -148,6 +151,10 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
             raise DeclarationError(f"{where}: [engine] unservable_request needs prompt_tokens "
                                    "and max_tokens (and may give the reason the error names)")
         dtypes = list(engine.get("dtypes", ["float32"]))
+        model = engine.get("model", "full")
+        if model not in VARIANTS:
+            raise DeclarationError(f"{where} [engine] model: {model!r} is not a harness model; "
+                                   f"use one of {', '.join(sorted(VARIANTS))}")
         out.append(Profile(
             entry_point=entry_point, name=name, package=package, version=version,
             platform_class=platform["class"],
@@ -165,6 +172,7 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
             unservable_request=engine.get("unservable_request"),
             claims=claims,
             not_observable=not_observable,
+            model=model,
         ))
         if out[-1].hardware not in HARDWARE:
             raise DeclarationError(f"{where}: hardware must be one of {HARDWARE}")

@@ -45,11 +45,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _declared_model(request: pytest.FixtureRequest) -> str:
+    """The model variant of the profile under test; the default model where no
+    profile is (a plugin's own tests that borrow these fixtures)."""
+    try:
+        return request.getfixturevalue("profile").model
+    except pytest.FixtureLookupError:
+        return "full"
+
+
 @pytest.fixture(scope="session")
-def model_dir() -> str:
+def model_dir(request: pytest.FixtureRequest) -> str:
+    """The model the profile declares (``[engine] model``; the default model unless set)."""
     from vllm_harness.models import prepare
 
-    return str(prepare("full", quiet=True))
+    return str(prepare(_declared_model(request), quiet=True))
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +71,13 @@ def tiny_model_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def tp2_model_dir() -> str:
-    """The default model with heads tensor parallelism 2 can split (see models.py)."""
-    from vllm_harness.models import prepare
+def tp2_model_dir(request: pytest.FixtureRequest) -> str:
+    """The profile's model in a form tensor parallelism 2 can split: the default
+    model's "tp2" variant, the MoE model's "moe-tp2" (see models.py)."""
+    from vllm_harness.models import TP2_FORM, prepare
 
-    return str(prepare("tp2", quiet=True))
+    model = _declared_model(request)
+    return str(prepare(TP2_FORM.get(model, model), quiet=True))
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ PACKAGE_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 # Bumped whenever the conversion changes, so stale cache folders are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 MARKER = ".prepared.json"
 
 #: Layers kept by the truncated variant used by fast unit tests.
@@ -39,11 +39,37 @@ TINY_LAYERS = 2
 #: GQA group of every layer leaves 6 and 2, and the rest of the model as is.
 TP2_KV_HEADS = 2
 
+#: The "moe" variant: the default model with each MLP split into this many
+#: experts (Mixtral's architecture), every token routed to all of them with equal
+#: weights, so the MoE layers compute exactly the default model's MLPs and the
+#: model answers as it does.
+MOE_EXPERTS = 8
+#: The "moe-random" variant: a small Qwen3-MoE decoder of seeded random weights
+#: with the default model's tokenizer, whose router picks 2 of 8 experts per
+#: token. Every size splits in two, so tensor parallelism 2 runs it as it is.
+MOE_RANDOM_CONFIG = {
+    "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512,
+    "moe_intermediate_size": 128, "num_experts": 8, "num_experts_per_tok": 2,
+    "norm_topk_prob": True, "decoder_sparse_step": 1, "max_position_embeddings": 8192,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0},
+    "tie_word_embeddings": True,
+    # wider than the usual 0.02, so that the logits of a random model are far
+    # enough apart for greedy decoding to be decided by more than rounding
+    "initializer_range": 0.1,
+}
+MOE_RANDOM_SEED = 0
+
 VARIANTS = {
     "full": "the converted model (30 layers), for correctness tests and the demo",
     "tiny": f"the first {TINY_LAYERS} layers of the full model, for fast unit tests",
     "tp2": f"the full model with {TP2_KV_HEADS} of its 3 attention groups, "
     "so that tensor parallelism 2 can split it",
+    "moe": f"the full model as a mixture of experts (Mixtral): each MLP split into "
+    f"{MOE_EXPERTS} experts, all routed with equal weights, so it answers as the full model",
+    "moe-tp2": "the tp2 model as a mixture of experts, as moe is the full one",
+    "moe-random": "a Qwen3-MoE model of seeded random weights (4 layers, 8 experts, top 2) "
+    "with the default model's tokenizer, whose router picks experts",
 }
 
 
@@ -169,11 +195,88 @@ def _derive(full: Path, out: Path, variant: str) -> None:
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
 
 
+#: the form of each model that tensor parallelism 2 can split (the others split as they are)
+TP2_FORM = {"full": "tp2", "moe": "moe-tp2"}
+
+
+def _build_moe(full: Path, out: Path) -> None:
+    """The "moe" variant: the full model's weights in Mixtral's architecture
+    (the "moe-tp2" variant: the tp2 model's).
+
+    Expert e holds slice e of every MLP's intermediate neurons (gate and up
+    rows, down columns, the latter times :data:`MOE_EXPERTS`); the router's
+    weights are zero, so every token goes to all experts with weight
+    1/MOE_EXPERTS and the layer's sum is the dense MLP's output.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    base = json.loads((full / "config.json").read_text())
+    dense = load_file(full / "model.safetensors")
+    experts, width = MOE_EXPERTS, base["intermediate_size"] // MOE_EXPERTS
+    if width * experts != base["intermediate_size"]:
+        raise RuntimeError(f"intermediate size {base['intermediate_size']} does not split into "
+                           f"{experts} experts")
+    config = MixtralConfig(
+        vocab_size=base["vocab_size"], hidden_size=base["hidden_size"], intermediate_size=width,
+        num_hidden_layers=base["num_hidden_layers"],
+        num_attention_heads=base["num_attention_heads"],
+        num_key_value_heads=base["num_key_value_heads"],
+        head_dim=base.get("head_dim") or base["hidden_size"] // base["num_attention_heads"],
+        max_position_embeddings=base["max_position_embeddings"],
+        rms_norm_eps=base["rms_norm_eps"],
+        rope_parameters={"rope_type": "default", "rope_theta": base.get("rope_theta", 10000.0)},
+        tie_word_embeddings=base.get("tie_word_embeddings", True), num_local_experts=experts,
+        num_experts_per_tok=experts, bos_token_id=base["bos_token_id"],
+        eos_token_id=base["eos_token_id"], dtype=torch.bfloat16)
+    model = MixtralForCausalLM(config).to(torch.bfloat16)
+    state = model.state_dict()
+    for name in state:
+        if name in dense:
+            state[name] = dense[name]
+    for i in range(config.num_hidden_layers):
+        mlp = f"model.layers.{i}.mlp."
+        gate, up = dense[f"{mlp}gate_proj.weight"], dense[f"{mlp}up_proj.weight"]
+        down = dense[f"{mlp}down_proj.weight"].float()
+        parts = range(0, experts * width, width)
+        state[f"{mlp}experts.gate_up_proj"] = torch.stack(
+            [torch.cat((gate[s:s + width], up[s:s + width])) for s in parts])
+        # times the number of experts, undoing the routing weight 1/experts (exact:
+        # a power of two)
+        state[f"{mlp}experts.down_proj"] = torch.stack(
+            [down[:, s:s + width] * experts for s in parts]).to(torch.bfloat16)
+        state[f"{mlp}gate.weight"] = torch.zeros_like(state[f"{mlp}gate.weight"])
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(out)
+    for item in full.iterdir():
+        if item.name.startswith("tokenizer") or item.name in ("chat_template.jinja",
+                                                             "special_tokens_map.json"):
+            shutil.copy2(item, out / item.name)
+
+
+def _build_moe_random(full: Path, out: Path) -> None:
+    """The "moe-random" variant: :data:`MOE_RANDOM_CONFIG` with random weights
+    from :data:`MOE_RANDOM_SEED`, the full model's tokenizer and special
+    tokens, in bf16 (float32 runs of it are exact upcasts)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    base = json.loads((full / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(full)
+    config = Qwen3MoeConfig(vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"],
+                            eos_token_id=base["eos_token_id"], **MOE_RANDOM_CONFIG)
+    torch.manual_seed(MOE_RANDOM_SEED)
+    model = Qwen3MoeForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def prepare(variant: str = "full", *, quiet: bool = False) -> Path:
     """Return the directory of a default-model variant, building it on first use.
 
     ``variant`` is one of :data:`VARIANTS`; every variant other than ``full``
-    is derived from the full model's directory.
+    is derived from the full model's directory (``moe-tp2`` from ``tp2``'s).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown model variant {variant!r}; use one of {sorted(VARIANTS)}")
@@ -184,6 +287,7 @@ def prepare(variant: str = "full", *, quiet: bool = False) -> Path:
     if _is_prepared(folder, expected):
         return folder
     full = prepare("full", quiet=quiet) if variant != "full" else None
+    tp2 = prepare("tp2", quiet=quiet) if variant == "moe-tp2" else None
     (root / "models").mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{MODEL_NAME}-{variant}.lock")):
         if _is_prepared(folder, expected):
@@ -196,6 +300,10 @@ def prepare(variant: str = "full", *, quiet: bool = False) -> Path:
                     bar.update()
                     _convert(gguf, staging, bar)
                     bar.set_description(f"ready: {folder}")
+            elif variant in ("moe", "moe-tp2"):
+                _build_moe(tp2 or full, staging)
+            elif variant == "moe-random":
+                _build_moe_random(full, staging)
             else:
                 _derive(full, staging, variant)
             (staging / MARKER).write_text(json.dumps(expected))

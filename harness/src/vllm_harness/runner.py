@@ -64,7 +64,9 @@ def run(profiles: list[Profile], results_dir: Path, suites: list[str] | None = N
         print(f"== {profile.column} ({profile.package} {profile.version}, {profile.hardware})",
               flush=True)
         start = time.monotonic()
-        beside = _start_vllm_tests(profile, results_dir) if vllm_tests else None
+        # vLLM's tests are chosen for the default model (see vllm_tests.MODEL_SKIPS)
+        beside = (_start_vllm_tests(profile, results_dir)
+                  if vllm_tests and profile.model == "full" else None)
         code = subprocess.call(cmd, env=env)
         print(f"== {profile.column}: pytest exit {code} in {time.monotonic() - start:.0f} s",
               flush=True)
@@ -85,7 +87,8 @@ def _start_vllm_tests(profile: Profile, results_dir: Path) -> tuple[subprocess.P
     results_dir.mkdir(parents=True, exist_ok=True)
     log = results_dir / "logs" / f"{profile.file_stem}.vllm-tests.out"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "vllm_harness", "vllm-tests", "--platform", profile.column,
+    cmd = [sys.executable, "-m", "vllm_harness", "vllm-tests", "--platform",
+           f"{profile.entry_point}/{profile.name}",
            "--results", str(results_dir)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

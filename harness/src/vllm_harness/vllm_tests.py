@@ -408,7 +408,7 @@ def run(profile: Profile, results_dir: Path, groups: list[str] | None = None) ->
     if unknown:
         raise ValueError(f"unknown group(s) {unknown}; known: {', '.join(GROUPS)}")
     root = tests_root()
-    model = str(prepare("full", quiet=True))
+    model = str(prepare(profile.model, quiet=True))
     results = Results(column=profile.column, entry_point=profile.entry_point,
                       profile=profile.name, package=profile.package,
                       version=profile.version, hardware=profile.hardware)
