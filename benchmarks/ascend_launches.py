@@ -8,6 +8,7 @@ that make the host wait for the device. Prints Markdown with the command and
 the machine.
 
     python benchmarks/ascend_launches.py --batch 1 4
+    python benchmarks/ascend_launches.py --model moe    # the small MoE model
 """
 
 from __future__ import annotations
@@ -45,20 +46,27 @@ def install(worker, layer_index: int) -> int:
         records[-1]["layer"] = dict(mode.kernels + inner)
         inner.clear()
 
-    # Attention runs inside vLLM's opaque op, out of the layer's mode's sight:
-    # its kernels are counted by a mode of their own around the backend.
+    # Attention and MoE layers run inside vLLM's opaque ops, out of the layer's
+    # mode's sight: their kernels are counted by a mode of their own around the
+    # attention backend and the MoE runner's implementation.
     inner: Counter[str] = Counter()
-    impl = layers[layer_index].self_attn.attn.impl
-    forward = impl.forward
 
-    def counted_forward(*args, **kwargs):
-        with npu_ops.count_device_launches() as seen:
-            result = forward(*args, **kwargs)
-        # its NPU ops are in the global launch count the layer's mode reads too
-        inner.update({k: v for k, v in seen.kernels.items() if not k.startswith("npu.")})
-        return result
+    def count_inside(owner, method: str) -> None:
+        original = getattr(owner, method)
 
-    impl.forward = counted_forward
+        def counted(*args, **kwargs):
+            with npu_ops.count_device_launches() as seen:
+                result = original(*args, **kwargs)
+            # its NPU ops are in the global launch count the layer's mode reads too
+            inner.update({k: v for k, v in seen.kernels.items() if not k.startswith("npu.")})
+            return result
+
+        setattr(owner, method, counted)
+
+    count_inside(layers[layer_index].self_attn.attn.impl, "forward")
+    for module in layers[layer_index].modules():
+        if hasattr(type(module), "_forward_impl"):  # vLLM's MoE runner
+            count_inside(module, "_forward_impl")
 
     def model_pre(module, args, kwargs):
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
@@ -89,14 +97,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--new-tokens", type=int, default=6)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--model", help="model directory (default: the prepared default model)")
+    parser.add_argument("--model", default="full",
+                        help="a harness model (full, moe, ...) or a model directory")
     args = parser.parse_args()
     from vllm import LLM, SamplingParams
 
-    if args.model is None:
-        from vllm_harness.models import prepare
+    from vllm_harness.models import VARIANTS, prepare
 
-        args.model = str(prepare(quiet=True))
+    label = (f"the harness's {args.model} model" if args.model in VARIANTS
+             else f"the model in {args.model}")
+    if args.model in VARIANTS:
+        args.model = str(prepare(args.model, quiet=True))
     llm = LLM(model=args.model, dtype=args.dtype, max_model_len=512, seed=0,
               enable_prefix_caching=False,
               additional_config={"ascend": {"device_memory": "1536MiB"}})
@@ -117,7 +128,7 @@ def main() -> None:
 
     command = "python benchmarks/ascend_launches.py " + " ".join(sys.argv[1:])
     print(f"\nCommand: `{command.strip()}`  \nMachine: {machine()}  \n"
-          f"Model: the default model ({layers} decoder layers), {args.dtype}, NPU emulation; "
+          f"Model: {label} ({layers} decoder layers), {args.dtype}, NPU emulation; "
           "counted on decoder layer 1\n")
     print("| decode batch | decode steps counted | kernels per layer per step | "
           "same every step | host syncs in the forward passes |")

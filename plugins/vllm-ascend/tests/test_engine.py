@@ -54,8 +54,8 @@ def test_greedy_equals_transformers(llm, hf_model):
 
 def test_npu_ops_per_layer_and_step(llm):
     """Each decoder layer launches the same six NPU ops on every step: two norms
-    (fused with the residual add), RoPE, the cache write, attention, SwiGLU;
-    the model's final norm is one more."""
+    (fused with the residual add), RoPE, the cache write, attention (its out=
+    form, into vLLM's buffer), SwiGLU; the model's final norm is one more."""
     from vllm import SamplingParams
 
     config = llm.llm_engine.vllm_config.model_config.hf_config
@@ -65,7 +65,7 @@ def test_npu_ops_per_layer_and_step(llm):
     (after,) = llm.collective_rpc(_launches)
     steps, layers = 9, config.num_hidden_layers  # one prefill step, eight decodes
     per_layer = {op: (after.get(op, 0) - before.get(op, 0)) / steps for op in after}
-    assert per_layer["npu_fused_infer_attention_score"] == layers
+    assert per_layer["npu_fused_infer_attention_score.out"] == layers
     for op in ("npu_mrope", "npu_scatter_pa_kv_cache", "npu_swiglu"):
         assert per_layer[op] == layers, op
     # the first layer's input norm has no residual yet; every later norm, and

@@ -213,6 +213,21 @@ def check_npu_fused_infer_attention_score() -> None:
         actual_seq_lengths_kv=cum_kv, num_heads=heads, num_key_value_heads=kv_heads,
         scale=scale, sparse_mode=0)
     close(out, _attention_by_request(q, k_req, v_req, q_lens, kv_lens, scale, False)[0], 1e-4)
+    # the incremental (decode) form: BSH, one query per request, paged, no mask
+    decode_q = torch.randn(3, 1, heads * d)
+    out, lse = npu_ops.npu_fused_infer_attention_score(
+        decode_q, key_cache.view(blocks, block, -1), value_cache.view(blocks, block, -1),
+        block_table=table, input_layout="BSH", block_size=block, actual_seq_lengths_kv=kv_lens,
+        num_heads=heads, num_key_value_heads=kv_heads, scale=scale, softmax_lse_flag=True)
+    expected, expected_lse = _attention_by_request(decode_q.view(3, heads, d), k_req, v_req,
+                                                   [1, 1, 1], kv_lens, scale, False)
+    close(out, expected.view(3, 1, heads * d), 1e-4)
+    close(lse, expected_lse.view(3, heads, 1, 1), 1e-4)
+    same_meta((out, lse), meta_of(
+        "npu_fused_infer_attention_score", decode_q, key_cache.view(blocks, block, -1),
+        value_cache.view(blocks, block, -1), block_table=table, input_layout="BSH",
+        block_size=block, actual_seq_lengths_kv=kv_lens, num_heads=heads,
+        num_key_value_heads=kv_heads, scale=scale, softmax_lse_flag=True))
     with pytest.raises(ValueError, match="compressed causal mask"):
         npu_ops.npu_fused_infer_attention_score(
             q, k_tnd, v_tnd, input_layout="TND", actual_seq_lengths=cum_q,
@@ -222,6 +237,157 @@ def check_npu_fused_infer_attention_score() -> None:
         npu_ops.npu_fused_infer_attention_score(
             q, k_tnd, v_tnd, input_layout="TND", actual_seq_lengths=cum_q,
             actual_seq_lengths_kv=cum_kv, num_heads=heads, quant_scale2=torch.ones(1))
+
+
+def check_npu_moe_gating_top_k_softmax_v2() -> None:
+    logits = torch.randn(6, 8)
+    logits[2, 3] = logits[2, 5] = 9.0  # a tie: the lower expert comes first
+    for renorm in (0, 1):
+        y, idx, soft = npu_ops.npu_moe_gating_top_k_softmax_v2(logits, k=3, renorm=renorm,
+                                                               output_softmax=True)
+        assert idx.dtype == torch.int32 and y.dtype == logits.dtype
+        for r in range(6):
+            row = [float(v) for v in logits[r]]
+            chosen = sorted(range(8), key=lambda e: (-row[e], e))[:3]
+            assert idx[r].tolist() == chosen
+            if renorm == 0:
+                total = sum(math.exp(v) for v in row)
+                weights = [math.exp(row[e]) / total for e in chosen]
+            else:  # softmax over the chosen logits: the renormalised weights
+                total = sum(math.exp(row[e]) for e in chosen)
+                weights = [math.exp(row[e]) / total for e in chosen]
+            close(y[r].double(), torch.tensor(weights, dtype=torch.float64))
+        same_meta((y, idx, soft), meta_of("npu_moe_gating_top_k_softmax_v2", logits, k=3,
+                                          renorm=renorm, output_softmax=True))
+    assert idx[2, :2].tolist() == [3, 5]
+    half = npu_ops.npu_moe_gating_top_k_softmax_v2(logits.bfloat16(), k=2, renorm=1)
+    same_meta(half, meta_of("npu_moe_gating_top_k_softmax_v2", logits.bfloat16(), k=2,
+                            renorm=1))
+    with pytest.raises(ValueError, match="k=9"):
+        npu_ops.npu_moe_gating_top_k_softmax_v2(logits, k=9)
+
+
+def check_npu_moe_init_routing_v2() -> None:
+    rows, k, hidden, experts = 5, 2, 4, 6
+    x = torch.randn(rows, hidden)
+    idx = torch.tensor([[3, 1], [0, 3], [5, 1], [1, 4], [3, 0]], dtype=torch.int32)
+    for start, end in ((0, experts), (1, 4)):
+        # the choices (token-major source rows) of experts in range, by expert, stably
+        kept = sorted((int(idx[s // k, s % k]), s) for s in range(rows * k)
+                      if start <= int(idx[s // k, s % k]) < end)
+        sources = [s for _, s in kept]
+        for row_type in (0, 1):
+            out = npu_ops.npu_moe_init_routing_v2(
+                x, idx, active_num=rows * k, expert_num=experts, expert_tokens_num_type=1,
+                expert_tokens_num_flag=True, active_expert_range=[start, end],
+                row_idx_type=row_type)
+            expanded, row_idx, counts, _ = out
+            for i, s in enumerate(sources):
+                assert torch.equal(expanded[i], x[s // k])
+                if row_type == 1:
+                    assert int(row_idx[i]) == s
+                else:
+                    assert int(row_idx[s]) == i
+            assert not expanded[len(sources):].any()
+            if row_type == 1:
+                assert (row_idx[len(sources):] == -1).all()
+            else:
+                dropped = set(range(rows * k)) - set(sources)
+                assert all(int(row_idx[s]) == -1 for s in dropped)
+            assert counts.tolist() == [sum(1 for e, _ in kept if e == ex)
+                                       for ex in range(start, end)]
+            same_meta(out, meta_of(
+                "npu_moe_init_routing_v2", x, idx, active_num=rows * k, expert_num=experts,
+                expert_tokens_num_type=1, expert_tokens_num_flag=True,
+                active_expert_range=[start, end], row_idx_type=row_type))
+    cumsum = npu_ops.npu_moe_init_routing_v2(x, idx, expert_num=experts,
+                                             expert_tokens_num_flag=True)[2]
+    assert cumsum.tolist() == [2, 5, 5, 8, 9, 10]
+    with pytest.raises(ValueError, match="expert ids"):
+        npu_ops.npu_moe_init_routing_v2(x, idx, expert_num=5)
+    with pytest.raises(NotImplementedError, match="quant_mode"):
+        npu_ops.npu_moe_init_routing_v2(x, idx, expert_num=experts, quant_mode=1)
+
+
+def check_npu_grouped_matmul() -> None:
+    groups, k, n = 4, 6, 5
+    sizes = [3, 0, 4, 2]
+    x = torch.randn(sum(sizes) + 2, k)  # two rows past the last group
+    w = torch.randn(groups, n, k).transpose(1, 2)  # (groups, k, n), a transposed view
+    expected = torch.zeros(x.shape[0], n)
+    start = 0
+    for g, size in enumerate(sizes):
+        for r in range(start, start + size):
+            for c in range(n):
+                expected[r, c] = sum(float(x[r, i]) * float(w[g, i, c]) for i in range(k))
+        start += size
+    for kind, group_list in ((1, torch.tensor(sizes)), (0, torch.tensor(sizes).cumsum(0))):
+        (y,) = npu_ops.npu_grouped_matmul([x], [w], group_list=group_list, split_item=2,
+                                          group_type=0, group_list_type=kind)
+        close(y, expected, 1e-4)
+        same_meta(tuple([y]), tuple(meta_of("npu_grouped_matmul", [x], [w],
+                                            group_list=group_list, split_item=2,
+                                            group_type=0, group_list_type=kind)))
+    (half,) = npu_ops.npu_grouped_matmul([x.bfloat16()], [w.bfloat16()],
+                                         group_list=torch.tensor(sizes), split_item=2,
+                                         group_type=0, group_list_type=1)
+    assert half.dtype == torch.bfloat16
+    close(half.float(), expected, 0.1)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        npu_ops.npu_grouped_matmul([x], [w], group_list=torch.tensor([3, 2, 5, 9]),
+                                   split_item=2, group_type=0, group_list_type=0)
+    with pytest.raises(NotImplementedError, match="bias"):
+        npu_ops.npu_grouped_matmul([x], [w], bias=[torch.zeros(n)],
+                                   group_list=torch.tensor(sizes), split_item=2, group_type=0)
+
+
+def check_npu_moe_token_unpermute() -> None:
+    # torch_npu's documented example: tokens [1, 2, 3, 0] (as rows) routed to
+    # experts [[0, 4], [4, 3], [4, 2], [1, 1]], permuted by expert; halves
+    # summed back give the tokens
+    permuted = torch.tensor([[1.0] * 3, [0.0] * 3, [0.0] * 3, [3.0] * 3, [2.0] * 3,
+                             [1.0] * 3, [2.0] * 3, [3.0] * 3])
+    sorted_indices = torch.tensor([0, 6, 7, 5, 3, 1, 2, 4], dtype=torch.int32)
+    probs = torch.full((4, 2), 0.5)
+    out = npu_ops.npu_moe_token_unpermute(permuted, sorted_indices, probs)
+    close(out, torch.tensor([[1.0] * 3, [2.0] * 3, [3.0] * 3, [0.0] * 3]))
+    same_meta(out, meta_of("npu_moe_token_unpermute", permuted, sorted_indices, probs))
+    # any permutation and weights, written out token by token
+    tokens, k, hidden = 5, 3, 4
+    rows = torch.randn(tokens * k, hidden)
+    perm = torch.randperm(tokens * k).to(torch.int32)
+    weights = torch.rand(tokens, k)
+    out = npu_ops.npu_moe_token_unpermute(rows, perm, weights)
+    for t in range(tokens):
+        expected = sum(float(weights[t, j]) * rows[perm.tolist().index(t * k + j)]
+                       for j in range(k))
+        close(out[t], expected)
+    with pytest.raises(ValueError, match="permutation"):
+        npu_ops.npu_moe_token_unpermute(rows, torch.zeros(tokens * k, dtype=torch.int32),
+                                        weights)
+
+
+def check_npu_fused_infer_attention_score__out() -> None:
+    """The out= overload writes the functional form's result into the given
+    tensors, and refuses an output of the wrong shape."""
+    heads, kv_heads, d, block, blocks = 4, 2, 8, 4, 6
+    cache = torch.randn(2, blocks, block, kv_heads * d)
+    table = torch.tensor([[0, 3], [5, 1]], dtype=torch.int32)
+    q = torch.randn(2, 1, heads * d)
+    args = dict(block_table=table, input_layout="BSH", block_size=block,
+                actual_seq_lengths_kv=[7, 3], num_heads=heads, num_key_value_heads=kv_heads,
+                scale=0.3, softmax_lse_flag=True)
+    want, want_lse = npu_ops.npu_fused_infer_attention_score(q, cache[0], cache[1], **args)
+    buffer = torch.full((2, 1, heads * d), float("nan"))
+    lse = torch.empty(2, heads, 1, 1)
+    got = npu_ops.npu_fused_infer_attention_score.out(q, cache[0], cache[1], **args,
+                                                      attention_out=buffer, softmax_lse=lse)
+    assert got[0] is buffer and got[1] is lse
+    assert torch.equal(buffer, want) and torch.equal(lse, want_lse)
+    with pytest.raises(ValueError, match="attention_out must be"):
+        npu_ops.npu_fused_infer_attention_score.out(
+            q, cache[0], cache[1], **args, attention_out=torch.empty(2, heads * d),
+            softmax_lse=lse)
 
 
 def _round_half_even(v: float) -> int:
@@ -312,7 +478,8 @@ def check_npu_quant_matmul() -> None:
         npu_ops.npu_quant_matmul(x1, x2, scale.to(torch.int64))
 
 
-CHECKS = {name.removeprefix("check_"): fn for name, fn in globals().items()
+# check_<op>__<overload> checks torch_npu's <op>.<overload>
+CHECKS = {name.removeprefix("check_").replace("__", "."): fn for name, fn in globals().items()
           if name.startswith("check_")}
 
 
@@ -326,7 +493,7 @@ def _schemas(op: str) -> list[tuple[list, dict]]:
     """Each torch_npu schema of ``op`` (the yaml may hold several) as positional
     (name, default) pairs in order and keyword-only {name: default}."""
     found = []
-    for match in re.finditer(rf"func: {op}\((.*?)\) ->", wheel_text(SCHEMAS_FILE)):
+    for match in re.finditer(rf"func: {re.escape(op)}\((.*?)\) ->", wheel_text(SCHEMAS_FILE)):
         positional, keywords, keyword_only = [], {}, False
         for part in match.group(1).split(","):
             part = part.strip()
@@ -355,13 +522,18 @@ def test_reference_has_torch_npus_signature(op: str) -> None:
     assert (positional, keywords) in _schemas(op)
 
 
-def _npu_calls(path: Path) -> set[str]:
-    """Names of NPU ops a module calls: npu_ops.X and any torch_npu.X."""
+def _npu_calls(path: Path) -> set[tuple[str, str]]:
+    """Names of NPU ops a module calls: npu_ops.X, npu_ops.X.out (as "X.out")
+    and any torch_npu.X."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
                 node.value.id in ("npu_ops", "torch_npu"):
             names.add((node.value.id, node.attr))
+        if isinstance(node, ast.Attribute) and node.attr == "out" and \
+                isinstance(node.value, ast.Attribute) and \
+                isinstance(node.value.value, ast.Name) and node.value.value.id == "npu_ops":
+            names.add(("npu_ops", f"{node.value.attr}.out"))
     return names
 
 
@@ -383,7 +555,7 @@ def test_the_plugin_calls_only_npu_ops_with_a_reference() -> None:
 
 def test_an_op_without_reference_cannot_be_called() -> None:
     with pytest.raises(AttributeError, match="no reference implementation"):
-        npu_ops.npu_grouped_matmul  # noqa: B018
+        npu_ops.npu_moe_distribute_dispatch_v2  # noqa: B018
 
 
 def test_launches_are_counted() -> None:

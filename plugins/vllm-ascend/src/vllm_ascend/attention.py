@@ -11,7 +11,10 @@ Per layer and step, two NPU ops:
   ``sparse_mode=3`` (each query sees its request's positions up to its own).
   A batch of fresh prompts (no cached context) reads K and V straight from the
   step's tensors; every other batch reads the paged cache through the block
-  table, with each request's context length.
+  table, with each request's context length. A decode-only batch takes the
+  kernel's incremental path instead: BSH layout, one query token per request,
+  the paged cache, no mask. Every form runs as the ``.out`` overload, writing
+  straight into vLLM's output buffer.
 
 The metadata builder classifies the batch (fresh prefill, prefix-cache hit,
 decode only, chunked prefill) and prepares the host-side length lists the
@@ -185,6 +188,13 @@ class AscendAttentionImpl(AttentionImpl):
         self.num_kv_heads = num_kv_heads or num_heads
         self.kv_cache_dtype = kv_cache_dtype
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        self._lse: torch.Tensor | None = None
+
+    def _no_lse(self, like: torch.Tensor) -> torch.Tensor:
+        """The kernel's softmax_lse output, unused (``softmax_lse_flag`` off)."""
+        if self._lse is None or self._lse.device != like.device:
+            self._lse = torch.empty(0, dtype=torch.float32, device=like.device)
+        return self._lse
 
     def forward(
         self,
@@ -210,22 +220,36 @@ class AscendAttentionImpl(AttentionImpl):
         key_cache, value_cache = kv_cache[0], kv_cache[1]
         npu_ops.npu_scatter_pa_kv_cache(key, value, key_cache, value_cache,
                                         meta.slot_mapping, cache_mode="Norm")
-        common = dict(
-            atten_mask=meta.mask, actual_seq_lengths=meta.cumulative_query_lens,
-            num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
-            scale=self.scale, input_layout="TND", sparse_mode=3)
-        query = query[:n].view(n, self.num_heads, self.head_size)
-        if meta.state is AttentionState.PREFILL_NO_CACHE:
-            attended, _ = npu_ops.npu_fused_infer_attention_score(
-                query, key, value, actual_seq_lengths_kv=meta.cumulative_query_lens, **common)
-        else:
+        flat = output.view(output.shape[0], -1)
+        if meta.state is AttentionState.DECODE_ONLY:
+            # one query token per request: the kernel's incremental path, in
+            # BSH layout over the paged cache, no mask needed
             blocks, block_size = key_cache.shape[:2]
-            attended, _ = npu_ops.npu_fused_infer_attention_score(
-                query, key_cache.view(blocks, block_size, -1),
+            npu_ops.npu_fused_infer_attention_score.out(
+                query[:n].reshape(n, 1, -1), key_cache.view(blocks, block_size, -1),
                 value_cache.view(blocks, block_size, -1), block_table=meta.block_table,
-                block_size=block_size, actual_seq_lengths_kv=meta.seq_lens, **common)
-        out = output.view(output.shape[0], -1)
-        out[:n] = attended.reshape(n, -1)
-        if out.shape[0] > n:
-            out[n:] = 0  # padded rows: never uninitialised memory in the next layer
+                block_size=block_size, actual_seq_lengths_kv=meta.seq_lens,
+                num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
+                scale=self.scale, input_layout="BSH", sparse_mode=0,
+                attention_out=flat[:n].view(n, 1, -1), softmax_lse=self._no_lse(query))
+        else:
+            common = dict(
+                atten_mask=meta.mask, actual_seq_lengths=meta.cumulative_query_lens,
+                num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
+                scale=self.scale, input_layout="TND", sparse_mode=3,
+                attention_out=flat[:n].view(n, self.num_heads, self.head_size),
+                softmax_lse=self._no_lse(query))
+            query = query[:n].view(n, self.num_heads, self.head_size)
+            if meta.state is AttentionState.PREFILL_NO_CACHE:
+                npu_ops.npu_fused_infer_attention_score.out(
+                    query, key, value, actual_seq_lengths_kv=meta.cumulative_query_lens,
+                    **common)
+            else:
+                blocks, block_size = key_cache.shape[:2]
+                npu_ops.npu_fused_infer_attention_score.out(
+                    query, key_cache.view(blocks, block_size, -1),
+                    value_cache.view(blocks, block_size, -1), block_table=meta.block_table,
+                    block_size=block_size, actual_seq_lengths_kv=meta.seq_lens, **common)
+        if flat.shape[0] > n:
+            flat[n:] = 0  # padded rows: never uninitialised memory in the next layer
         return output

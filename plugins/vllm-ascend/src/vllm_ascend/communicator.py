@@ -2,7 +2,8 @@
 
 On NPUs vLLM's base communicator does the work over HCCL. Emulated workers
 talk over gloo, which lacks the ``*_into_tensor`` collectives the base class
-calls; there these forms use the list collectives gloo has.
+calls; there these forms use the list collectives gloo has. ``all_to_all``
+(MoE token dispatch and combine) is one ``all_to_all_single`` on either.
 """
 
 from __future__ import annotations
@@ -57,6 +58,34 @@ class NPUCommunicator(DeviceCommunicatorBase):
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded, group=self.device_group)
         return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim=dim)
+
+    def all_to_all(self, input_: torch.Tensor, scatter_sizes: list[int] | None = None,
+                   gather_sizes: list[int] | None = None) -> torch.Tensor:
+        """Rank r's i-th slice of ``input_`` (dim 0) goes to rank i, and the
+        output holds the slices every rank sent r, in rank order. Without
+        sizes the slices are equal; with them, ``scatter_sizes[i]`` rows go to
+        rank i and ``gather_sizes[i]`` rows come from it (uneven MoE routing)."""
+        if (scatter_sizes is None) != (gather_sizes is None):
+            raise ValueError("all_to_all: give both scatter_sizes and gather_sizes, or neither")
+        if scatter_sizes is None or gather_sizes is None:
+            if input_.shape[0] % self.world_size:
+                raise ValueError(f"all_to_all: {input_.shape[0]} rows do not split evenly "
+                                 f"over {self.world_size} ranks; give the sizes")
+            rows = input_.shape[0]
+        else:
+            if len(scatter_sizes) != self.world_size or len(gather_sizes) != self.world_size:
+                raise ValueError(f"all_to_all: sizes need one entry per rank "
+                                 f"({self.world_size})")
+            if sum(scatter_sizes) != input_.shape[0]:
+                raise ValueError(f"all_to_all: scatter_sizes sum to {sum(scatter_sizes)}, "
+                                 f"the input has {input_.shape[0]} rows")
+            rows = sum(gather_sizes)
+        if self.world_size == 1:
+            return input_
+        output = input_.new_empty((rows, *input_.shape[1:]))
+        dist.all_to_all_single(output, input_.contiguous(), output_split_sizes=gather_sizes,
+                               input_split_sizes=scatter_sizes, group=self.device_group)
+        return output
 
     def reduce_scatter(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
         if not self._on_gloo():

@@ -247,6 +247,12 @@ def npu_fused_infer_attention_score(
     ``sparse_mode`` 0 (no mask) or 3 (rightDownCausal: query row i of a request
     with q query and s context tokens sees positions ≤ s - q + i, given the
     compressed 2048² mask). GQA through ``num_key_value_heads``.
+
+    ``input_layout="BSH"`` with a paged cache is the incremental (decode)
+    form: query [batch, q_len, heads · head_dim], every request q_len query
+    tokens (``actual_seq_lengths`` None), the last of its
+    ``actual_seq_lengths_kv`` positions; out [batch, q_len, heads · head_dim],
+    lse [batch, heads, q_len, 1].
     """
     _unsupported(
         "npu_fused_infer_attention_score", pse_shift=pse_shift, dequant_scale1=dequant_scale1,
@@ -259,8 +265,27 @@ def npu_fused_infer_attention_score(
         value_shared_prefix=value_shared_prefix,
         actual_shared_prefix_len=actual_shared_prefix_len, query_rope=query_rope,
         key_rope=key_rope, key_rope_antiquant_scale=key_rope_antiquant_scale)
+    if input_layout == "BSH":
+        if block_table is None or actual_seq_lengths is not None or query.dim() != 3:
+            raise NotImplementedError("input_layout='BSH' is emulated for a paged cache "
+                                      "(block_table) with q_len tokens in every request "
+                                      "(actual_seq_lengths None)")
+        if num_heads <= 0 or query.shape[2] % num_heads:
+            raise ValueError(f"BSH query {tuple(query.shape)} does not hold {num_heads} heads")
+        batch, q_len = query.shape[:2]
+        out, lse = npu_fused_infer_attention_score(
+            query.reshape(batch * q_len, num_heads, -1), key, value, atten_mask=atten_mask,
+            actual_seq_lengths=[q_len * (i + 1) for i in range(batch)],
+            actual_seq_lengths_kv=actual_seq_lengths_kv, block_table=block_table,
+            num_heads=num_heads, scale=scale, input_layout="TND",
+            num_key_value_heads=num_key_value_heads, sparse_mode=sparse_mode,
+            block_size=block_size, softmax_lse_flag=softmax_lse_flag)
+        if softmax_lse_flag:
+            lse = lse.view(batch, q_len, num_heads, 1).transpose(1, 2).contiguous()
+        return out.reshape(batch, q_len, -1), lse
     if input_layout != "TND":
-        raise NotImplementedError(f"input_layout={input_layout!r} is not emulated; use 'TND'")
+        raise NotImplementedError(f"input_layout={input_layout!r} is not emulated; use 'TND' "
+                                  "(or 'BSH' for decode over a paged cache)")
     if num_heads <= 0:
         raise ValueError(f"num_heads should be greater than 0, but got {num_heads}")
     kv_heads = num_key_value_heads or num_heads
@@ -353,6 +378,300 @@ def npu_fused_infer_attention_score(
     else:
         lse_out = torch.empty(0, dtype=torch.float32)
     return out, lse_out
+
+
+# --- mixture of experts ---------------------------------------------------------------
+
+def npu_moe_gating_top_k_softmax_v2(x: torch.Tensor, *, k: int = 1,
+                                    finished: torch.Tensor | None = None,
+                                    renorm: int | None = 0,
+                                    output_softmax: bool | None = False
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, expert_idx, softmax): the k largest router probabilities of each row.
+
+    ``renorm=0``: softmax over all experts, then top k (the weights of a row
+    sum to less than 1). ``renorm=1``: top k of the logits, then softmax over
+    those k (the weights sum to 1: the renormalised routing most MoE models
+    use). y has x's dtype, expert_idx is int32; both sorted by weight,
+    descending (ties: the lower expert first). The third output is the full
+    softmax in float32 when ``output_softmax`` and ``renorm=0``, else empty.
+    """
+    _unsupported("npu_moe_gating_top_k_softmax_v2", finished=finished)
+    if x.dim() not in (2, 3):
+        raise ValueError("npu_moe_gating_top_k_softmax_v2 takes a 2-D or 3-D x")
+    experts = x.shape[-1]
+    if not 0 < k <= min(experts, 1024):
+        raise ValueError(f"npu_moe_gating_top_k_softmax_v2: k={k} must be in (0, "
+                         f"{min(experts, 1024)}]")
+    if renorm not in (0, 1):
+        raise ValueError(f"npu_moe_gating_top_k_softmax_v2: renorm must be 0 or 1, not {renorm}")
+    logits = x.float()
+    # a stable descending sort keeps the lower expert first among equal values
+    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]
+    if renorm == 0:
+        probs = torch.softmax(logits, dim=-1)
+        y = probs.gather(-1, order)
+    else:
+        probs = None
+        y = torch.softmax(logits.gather(-1, order), dim=-1)
+    softmax = probs if output_softmax and probs is not None else \
+        torch.empty(0, dtype=torch.float32)
+    return y.to(x.dtype), order.to(torch.int32), softmax
+
+
+def npu_moe_init_routing_v2(
+    x: torch.Tensor, expert_idx: torch.Tensor, *, scale: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None, active_num: int = -1, expert_capacity: int = -1,
+    expert_num: int = -1, drop_pad_mode: int = 0, expert_tokens_num_type: int = 0,
+    expert_tokens_num_flag: bool = False, quant_mode: int = -1,
+    active_expert_range: Sequence[int] = [],  # torch_npu's default, never mutated
+    row_idx_type: int = 0,
+    x_dtype: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(expanded_x, expanded_row_idx, expert_tokens, expanded_scale): each token
+    copied once per chosen expert, the copies grouped by expert.
+
+    The (token, j) choices, flattened token-major (source row t·K + j), are
+    sorted by expert id, stably; choices of experts outside
+    ``active_expert_range`` ([start, end), default all ``expert_num``) are
+    dropped, so the first ``available`` rows of expanded_x are the kept
+    choices, ``expanded_x[i] = x[source_i // K]``, and the rest are zero.
+    ``row_idx_type=1`` (scatter index): ``expanded_row_idx[i] = source_i`` for
+    the kept rows, -1 after them. ``row_idx_type=0`` (gather index):
+    ``expanded_row_idx[source] = i``, -1 for a dropped choice.
+    ``expert_tokens`` (int64, one per expert of the range): tokens per expert
+    (``expert_tokens_num_type=1``) or their running sum (0). Unquantised only
+    (``quant_mode=-1``), dropless only (``drop_pad_mode=0``).
+    """
+    _unsupported("npu_moe_init_routing_v2", scale=scale, offset=offset, x_dtype=x_dtype)
+    if quant_mode != -1:
+        raise NotImplementedError("npu_moe_init_routing_v2: the emulation implements "
+                                  "quant_mode=-1 (no quantization) only")
+    if drop_pad_mode != 0:
+        raise NotImplementedError("npu_moe_init_routing_v2: drop_pad_mode=1 is not emulated")
+    if expert_tokens_num_type not in (0, 1):
+        raise NotImplementedError("npu_moe_init_routing_v2: expert_tokens_num_type=2 "
+                                  "(key_value) is not emulated")
+    if x.dim() != 2 or expert_idx.dim() != 2 or x.shape[0] != expert_idx.shape[0]:
+        raise ValueError("npu_moe_init_routing_v2: x must be (rows, H) and expert_idx "
+                         "(rows, K)")
+    if expert_idx.dtype != torch.int32:
+        raise ValueError(f"npu_moe_init_routing_v2: expert_idx must be int32, not "
+                         f"{expert_idx.dtype}")
+    if row_idx_type not in (0, 1):
+        raise ValueError("npu_moe_init_routing_v2: row_idx_type must be 0 or 1")
+    if expert_num <= 0:
+        raise ValueError("npu_moe_init_routing_v2: expert_num must be positive")
+    start, end = (list(active_expert_range) or [0, expert_num])
+    if not 0 <= start < end <= expert_num:
+        raise ValueError(f"npu_moe_init_routing_v2: active_expert_range [{start}, {end}) "
+                         f"must lie in [0, {expert_num})")
+    rows, k = expert_idx.shape
+    flat = expert_idx.reshape(-1).long()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= expert_num):
+        raise ValueError(f"npu_moe_init_routing_v2: expert ids must lie in [0, {expert_num})")
+    total = rows * k
+    out_rows = total if active_num <= 0 else min(active_num, total)
+    order = torch.sort(flat, stable=True).indices  # source rows, by expert
+    kept = order[(flat[order] >= start) & (flat[order] < end)][:out_rows]
+    available = kept.numel()
+    expanded_x = x.new_zeros(out_rows, x.shape[1])
+    expanded_x[:available] = x[kept // k]
+    expanded_row_idx = torch.full((total,), -1, dtype=torch.int32)
+    if row_idx_type == 1:
+        expanded_row_idx[:available] = kept.to(torch.int32)
+    else:
+        expanded_row_idx[kept] = torch.arange(available, dtype=torch.int32)
+    counts = torch.bincount(flat[kept] - start, minlength=end - start).to(torch.int64)
+    if not expert_tokens_num_flag:
+        expert_tokens = torch.empty(0, dtype=torch.int64)
+    else:
+        expert_tokens = counts if expert_tokens_num_type == 1 else counts.cumsum(0)
+    # without scale the kernel leaves expanded_scale undefined
+    expanded_scale = torch.zeros(out_rows, dtype=torch.float32)
+    return expanded_x, expanded_row_idx, expert_tokens, expanded_scale
+
+
+def npu_grouped_matmul(
+    x: Sequence[torch.Tensor], weight: Sequence[torch.Tensor], *,
+    bias: Sequence[torch.Tensor] | None = None, scale: Sequence[torch.Tensor] | None = None,
+    offset: Sequence[torch.Tensor] | None = None,
+    antiquant_scale: Sequence[torch.Tensor] | None = None,
+    antiquant_offset: Sequence[torch.Tensor] | None = None,
+    per_token_scale: Sequence[torch.Tensor] | None = None,
+    group_list: torch.Tensor | None = None,
+    activation_input: Sequence[torch.Tensor] | None = None,
+    activation_quant_scale: Sequence[torch.Tensor] | None = None,
+    activation_quant_offset: Sequence[torch.Tensor] | None = None,
+    split_item: int | None = 0, group_type: int | None = None,
+    group_list_type: int | None = 0, act_type: int | None = 0,
+    tuning_config: Sequence[int] | None = None, output_dtype: Any = None,
+    x_dtype: Any = None, weight_dtype: Any = None, scale_dtype: Any = None,
+    per_token_scale_dtype: Any = None,
+) -> list[torch.Tensor]:
+    """[y]: one matmul per group of x's rows, ``y[rows of g] = x[rows of g] @ weight[g]``.
+
+    Emulated: the form an MoE layer uses, a single x (m, k), a single weight
+    (groups, k, n) (a transposed view is fine: the kernel reads either
+    order), ``group_type=0`` (groups along m) with ``group_list`` an int64
+    tensor of group sizes (``group_list_type=1``) or of their running sum (0),
+    and one output (``split_item`` 2 or 3). Rows past the last group are
+    zero. Products accumulate in float32 and round once to x's dtype.
+    """
+    _unsupported("npu_grouped_matmul", bias=bias, scale=scale, offset=offset,
+                 antiquant_scale=antiquant_scale, antiquant_offset=antiquant_offset,
+                 per_token_scale=per_token_scale, activation_input=activation_input,
+                 activation_quant_scale=activation_quant_scale,
+                 activation_quant_offset=activation_quant_offset, tuning_config=tuning_config,
+                 output_dtype=output_dtype, x_dtype=x_dtype, weight_dtype=weight_dtype,
+                 scale_dtype=scale_dtype, per_token_scale_dtype=per_token_scale_dtype)
+    if act_type:
+        raise NotImplementedError("npu_grouped_matmul: fused activations are not emulated")
+    if group_type != 0 or split_item not in (2, 3):
+        raise NotImplementedError("npu_grouped_matmul: the emulation implements group_type=0 "
+                                  "with split_item 2 or 3 (one x, one weight, one y)")
+    if len(x) != 1 or len(weight) != 1:
+        raise NotImplementedError("npu_grouped_matmul: the emulation takes one x and one "
+                                  "(groups, k, n) weight")
+    (a,), (w,) = x, weight
+    if a.dim() != 2 or w.dim() != 3:
+        raise ValueError("npu_grouped_matmul: with group_type=0 and one weight, x must be "
+                         "2-D and weight 3-D (groups, k, n)")
+    if a.shape[1] != w.shape[1]:
+        raise ValueError(f"npu_grouped_matmul: x {tuple(a.shape)} and weight "
+                         f"{tuple(w.shape)} do not multiply")
+    if a.dtype != w.dtype:
+        raise ValueError("npu_grouped_matmul: x and weight must share a dtype unquantised")
+    if group_list is None or not isinstance(group_list, torch.Tensor) or \
+            group_list.dtype != torch.int64 or group_list.dim() != 1:
+        raise ValueError("npu_grouped_matmul: group_type=0 needs group_list, a 1-D int64 "
+                         "tensor")
+    if group_list.numel() != w.shape[0] or w.shape[0] > 1024:
+        raise ValueError(f"npu_grouped_matmul: group_list has {group_list.numel()} groups, "
+                         f"weight {w.shape[0]} (at most 1024)")
+    if group_list_type == 1:
+        if bool((group_list < 0).any()):
+            raise ValueError("npu_grouped_matmul: group sizes must be non-negative")
+        ends = group_list.cumsum(0)
+    elif group_list_type == 0:
+        ends = group_list
+        if bool((ends[1:] < ends[:-1]).any()) or bool((ends < 0).any()):
+            raise ValueError("npu_grouped_matmul: a cumulative group_list must be "
+                             "non-negative and non-decreasing")
+    else:
+        raise ValueError("npu_grouped_matmul: group_list_type must be 0 or 1")
+    total = int(ends[-1]) if ends.numel() else 0
+    if total > a.shape[0]:
+        raise ValueError(f"npu_grouped_matmul: the groups hold {total} rows, x has "
+                         f"{a.shape[0]}")
+    y = a.new_zeros(a.shape[0], w.shape[2])
+    start = 0
+    for group, end in enumerate(ends.tolist()):
+        if end > start:
+            y[start:end] = (a[start:end].float() @ w[group].float()).to(a.dtype)
+        start = end
+    return [y]
+
+
+def npu_moe_token_unpermute(permuted_tokens: torch.Tensor, sorted_indices: torch.Tensor,
+                            probs: torch.Tensor | None = None, padded_mode: bool = False,
+                            restore_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """Each token's expert outputs summed back, weighted by ``probs``.
+
+    Row j of ``permuted_tokens`` belongs to source row ``sorted_indices[j]``
+    (token ``s // K``, its choice ``s % K``), as in the documented example
+    and torch_npu's equivalent-logic description (``index_copy_`` of the
+    rows to their sources, then a probs-weighted sum over K);
+    ``npu_moe_init_routing_v2``'s scatter index (``row_idx_type=1``) is such
+    a mapping. K is probs' second dim (1 without probs). Out: (tokens, hidden)
+    in permuted_tokens' dtype, summed in float32.
+    """
+    if padded_mode or restore_shape is not None:
+        raise NotImplementedError("npu_moe_token_unpermute: padded_mode is not supported by "
+                                  "the kernel either")
+    if permuted_tokens.dim() != 2 or sorted_indices.dim() != 1:
+        raise ValueError("npu_moe_token_unpermute: permuted_tokens must be 2-D and "
+                         "sorted_indices 1-D")
+    if sorted_indices.numel() != permuted_tokens.shape[0]:
+        raise ValueError("npu_moe_token_unpermute: one index per permuted row")
+    k = 1 if probs is None else probs.shape[1]
+    total = sorted_indices.numel()
+    if total % k or (probs is not None and probs.shape[0] * k != total):
+        raise ValueError(f"npu_moe_token_unpermute: {total} rows do not make tokens of "
+                         f"K={k} choices")
+    index = sorted_indices.long()
+    if total and (int(index.min()) < 0 or int(index.max()) >= total or
+                  index.unique().numel() != total):
+        raise ValueError("npu_moe_token_unpermute: sorted_indices must be a permutation of "
+                         f"0..{total - 1}")
+    by_source = torch.zeros(total, permuted_tokens.shape[1], dtype=torch.float32)
+    by_source.index_copy_(0, index, permuted_tokens.float())
+    by_source = by_source.view(total // k, k, -1)
+    if probs is not None:
+        by_source = by_source * probs.float().unsqueeze(-1)
+    return by_source.sum(dim=1).to(permuted_tokens.dtype)
+
+
+def npu_fused_infer_attention_score_out(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+    pse_shift: torch.Tensor | None = None, atten_mask: torch.Tensor | None = None,
+    actual_seq_lengths: Sequence[int] | None = None,
+    actual_seq_lengths_kv: Sequence[int] | None = None,
+    dequant_scale1: torch.Tensor | None = None, quant_scale1: torch.Tensor | None = None,
+    dequant_scale2: torch.Tensor | None = None, quant_scale2: torch.Tensor | None = None,
+    quant_offset2: torch.Tensor | None = None, antiquant_scale: torch.Tensor | None = None,
+    antiquant_offset: torch.Tensor | None = None,
+    key_antiquant_scale: torch.Tensor | None = None,
+    key_antiquant_offset: torch.Tensor | None = None,
+    value_antiquant_scale: torch.Tensor | None = None,
+    value_antiquant_offset: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
+    query_padding_size: torch.Tensor | None = None,
+    kv_padding_size: torch.Tensor | None = None,
+    key_shared_prefix: torch.Tensor | None = None,
+    value_shared_prefix: torch.Tensor | None = None,
+    actual_shared_prefix_len: Sequence[int] | None = None,
+    query_rope: torch.Tensor | None = None, key_rope: torch.Tensor | None = None,
+    key_rope_antiquant_scale: torch.Tensor | None = None,
+    num_heads: int = 1, scale: float = 1.0, pre_tokens: int = 2147483647,
+    next_tokens: int = 2147483647, input_layout: str = "BSH",
+    num_key_value_heads: int = 0, sparse_mode: int = 0, inner_precise: int = 0,
+    block_size: int = 0, antiquant_mode: int = 0, key_antiquant_mode: int = 0,
+    value_antiquant_mode: int = 0, softmax_lse_flag: bool = False,
+    workspace: torch.Tensor | None = None, attention_out: torch.Tensor,
+    softmax_lse: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``npu_fused_infer_attention_score`` writing into ``attention_out`` (and,
+    with ``softmax_lse_flag``, ``softmax_lse``), which must have the output's
+    shape and dtype: no separate copy into the caller's buffer. The workspace
+    is the kernel's scratch memory; the emulation needs none."""
+    out, lse = npu_fused_infer_attention_score(
+        query, key, value, pse_shift=pse_shift, atten_mask=atten_mask,
+        actual_seq_lengths=actual_seq_lengths, actual_seq_lengths_kv=actual_seq_lengths_kv,
+        dequant_scale1=dequant_scale1, quant_scale1=quant_scale1,
+        dequant_scale2=dequant_scale2, quant_scale2=quant_scale2, quant_offset2=quant_offset2,
+        antiquant_scale=antiquant_scale, antiquant_offset=antiquant_offset,
+        block_table=block_table, query_padding_size=query_padding_size,
+        kv_padding_size=kv_padding_size, key_antiquant_scale=key_antiquant_scale,
+        key_antiquant_offset=key_antiquant_offset, value_antiquant_scale=value_antiquant_scale,
+        value_antiquant_offset=value_antiquant_offset, key_shared_prefix=key_shared_prefix,
+        value_shared_prefix=value_shared_prefix,
+        actual_shared_prefix_len=actual_shared_prefix_len, query_rope=query_rope,
+        key_rope=key_rope, key_rope_antiquant_scale=key_rope_antiquant_scale,
+        num_heads=num_heads, scale=scale, pre_tokens=pre_tokens, next_tokens=next_tokens,
+        input_layout=input_layout, num_key_value_heads=num_key_value_heads,
+        sparse_mode=sparse_mode, inner_precise=inner_precise, block_size=block_size,
+        antiquant_mode=antiquant_mode, softmax_lse_flag=softmax_lse_flag,
+        key_antiquant_mode=key_antiquant_mode, value_antiquant_mode=value_antiquant_mode)
+    if attention_out.shape != out.shape or attention_out.dtype != out.dtype:
+        raise ValueError(f"attention_out must be {tuple(out.shape)} {out.dtype}, not "
+                         f"{tuple(attention_out.shape)} {attention_out.dtype}")
+    attention_out.copy_(out)
+    if softmax_lse_flag:
+        if softmax_lse.shape != lse.shape:
+            raise ValueError(f"softmax_lse must be {tuple(lse.shape)}")
+        softmax_lse.copy_(lse)
+    return attention_out, softmax_lse
 
 
 # --- quantization -----------------------------------------------------------------
@@ -504,6 +823,11 @@ REFERENCES: dict[str, Callable[..., Any]] = {
     "npu_mrope": npu_mrope,
     "npu_scatter_pa_kv_cache": npu_scatter_pa_kv_cache,
     "npu_fused_infer_attention_score": npu_fused_infer_attention_score,
+    "npu_fused_infer_attention_score.out": npu_fused_infer_attention_score_out,
+    "npu_moe_gating_top_k_softmax_v2": npu_moe_gating_top_k_softmax_v2,
+    "npu_moe_init_routing_v2": npu_moe_init_routing_v2,
+    "npu_grouped_matmul": npu_grouped_matmul,
+    "npu_moe_token_unpermute": npu_moe_token_unpermute,
     "npu_quantize": npu_quantize,
     "npu_dynamic_quant": npu_dynamic_quant,
     "npu_quant_matmul": npu_quant_matmul,

@@ -38,14 +38,12 @@ def select(*, emulated: bool) -> None:
 def _target(name: str) -> Callable[..., Any]:
     if _emulated:
         return REFERENCES[name]
-    return getattr(importlib.import_module("torch_npu"), name)
+    op, _, overload = name.partition(".")
+    target = getattr(importlib.import_module("torch_npu"), op)
+    return getattr(target, overload) if overload else target
 
 
-def __getattr__(name: str) -> Callable[..., Any]:
-    if name not in REFERENCES:
-        raise AttributeError(
-            f"{name} has no reference implementation in vllm_ascend.emulation; "
-            "add one (and its test) before the plugin calls it")
+def _launcher(name: str) -> Callable[..., Any]:
     launcher = _launchers.get(name)
     if launcher is None:
         target = _target(name)
@@ -60,8 +58,19 @@ def __getattr__(name: str) -> Callable[..., Any]:
                 _inside -= 1
 
         launcher.__name__ = name
+        # an op's out= overload, as torch_npu spells it: npu_ops.<op>.out(...)
+        if f"{name}.out" in REFERENCES:
+            launcher.out = _launcher(f"{name}.out")  # type: ignore[attr-defined]
         _launchers[name] = launcher
     return launcher
+
+
+def __getattr__(name: str) -> Callable[..., Any]:
+    if name not in REFERENCES:
+        raise AttributeError(
+            f"{name} has no reference implementation in vllm_ascend.emulation; "
+            "add one (and its test) before the plugin calls it")
+    return _launcher(name)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""vLLM's hot layers on NPU kernels, registered with ``CustomOp.register_oot``.
+"""vLLM's hot layers on NPU kernels, registered with ``CustomOp.register_oot``
+(the MoE layer's method is in :mod:`vllm_ascend.moe`).
 
 vLLM instantiates these in place of its own classes on an out-of-tree
 platform. Each calls its torch_npu kernel through :mod:`vllm_ascend.npu_ops`
@@ -10,10 +11,14 @@ from __future__ import annotations
 
 import torch
 from vllm.model_executor.layers.activation import SiluAndMul
+from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
+    UnquantizedFusedMoEMethod,
+)
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
-from vllm_ascend import npu_ops
+from vllm_ascend import native, npu_ops
+from vllm_ascend.moe import AscendFusedMoEMethod
 
 
 class AscendRMSNorm(RMSNorm):
@@ -42,18 +47,25 @@ class AscendSiluAndMul(SiluAndMul):
 
 
 class AscendRotaryEmbedding(RotaryEmbedding):
-    """``npu_mrope`` in RoPE mode (1-D positions), NeoX ('half') or GPT-J
-    ('interleave') pairing, partial rotary dims passed through."""
+    """vllm-ascend's own fused kernel (``_C_ascend.rotary_embedding``, NeoX
+    pairing, in place) where this install built it; otherwise torch_npu's
+    ``npu_mrope`` in RoPE mode (1-D positions), NeoX ('half') or GPT-J
+    ('interleave') pairing. Partial rotary dims pass through either way."""
 
     def forward_oot(self, positions: torch.Tensor, query: torch.Tensor,
                     key: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # rotary_dim must be a multiple of 32 (16 for float32) for the kernel
+        # both kernels read whole 32-byte blocks of each half: rotary_dim must
+        # be a multiple of 32 (16 for float32)
         multiple = 16 if query.dtype == torch.float32 else 32
         if key is None or self.rotary_dim % multiple:
             return self.forward_native(positions, query, key)
         tokens = positions.numel()
         cache = self._match_cos_sin_cache_dtype(query)
+        if self.is_neox_style and self.rotary_dim % 32 == 0 and native.available():
+            q, k = query.view(tokens, -1), key.view(tokens, -1)
+            native.rotary_embedding(positions.flatten(), q, k, self.head_size, cache, True)
+            return query, key
         new_query, new_key = npu_ops.npu_mrope(
             positions.flatten(), query.reshape(tokens, -1), key.reshape(tokens, -1), cache,
             self.head_size, rotary_mode="half" if self.is_neox_style else "interleave")
@@ -61,7 +73,8 @@ class AscendRotaryEmbedding(RotaryEmbedding):
 
 
 LAYERS = {"RMSNorm": (RMSNorm, AscendRMSNorm), "SiluAndMul": (SiluAndMul, AscendSiluAndMul),
-          "RotaryEmbedding": (RotaryEmbedding, AscendRotaryEmbedding)}
+          "RotaryEmbedding": (RotaryEmbedding, AscendRotaryEmbedding),
+          "UnquantizedFusedMoEMethod": (UnquantizedFusedMoEMethod, AscendFusedMoEMethod)}
 
 
 def register() -> None:

@@ -204,6 +204,11 @@ class NPUPlatform(Platform):
             cls.check_if_supports_dtype(vllm_config.model_config.dtype)
             cls._check_modelslim_checkpoint(vllm_config.model_config)
         parallel = vllm_config.parallel_config
+        model = vllm_config.model_config
+        if parallel.enable_expert_parallel and model is not None and model.is_moe:
+            raise NotImplementedError(
+                "vllm-ascend runs MoE layers with their experts split by tensor parallelism; "
+                "expert parallelism (--enable-expert-parallel) is not supported yet")
         if parallel.worker_cls == "auto":
             parallel.worker_cls = "vllm_ascend.worker.NPUWorker"
         cls._reset_gpu_only_options(vllm_config)

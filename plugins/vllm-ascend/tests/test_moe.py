@@ -1,0 +1,94 @@
+"""The MoE path emulated: vLLM's engine on the harness's "moe-random" model (a
+small Qwen3-MoE of seeded random weights whose router picks 2 of 8 experts)
+against transformers running the same weights, and the NPU ops each MoE layer
+launches. (The conformance suite runs the "moe" model: the default model's
+MLPs as 8 experts, all routed.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import hf_greedy, make_llm
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("moe")]
+
+PROMPTS = [
+    "The capital of France is",
+    "1, 2, 3, 4,",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle. " * 4,
+]
+MOE_OPS = ("npu_moe_gating_top_k_softmax_v2", "npu_moe_init_routing_v2",
+           "npu_moe_token_unpermute")
+
+
+@pytest.fixture(scope="module")
+def moe_dir() -> str:
+    from vllm_harness.models import prepare
+
+    return str(prepare("moe-random", quiet=True))
+
+
+@pytest.fixture(scope="module")
+def hf_moe(moe_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(moe_dir, dtype=torch.float32).eval()
+    return AutoTokenizer.from_pretrained(moe_dir), model
+
+
+@pytest.fixture(scope="module")
+def llm(engines, moe_dir):
+    # 32 batched tokens: the long prompt is prefilled in chunks beside the
+    # others' decodes
+    return engines.get("ascend-moe-fp32", lambda: make_llm(
+        moe_dir, dtype="float32", max_num_batched_tokens=32, max_num_seqs=4))
+
+
+def _launches(worker) -> dict[str, int]:
+    from vllm_ascend import npu_ops
+
+    return dict(npu_ops.launches)
+
+
+def _moe_methods(worker) -> set[str]:
+    from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+
+    model = worker.model_runner.get_model()
+    return {type(m.quant_method).__name__ for m in model.modules()
+            if isinstance(m, RoutedExperts)}
+
+
+def test_greedy_equals_transformers(llm, hf_moe):
+    from vllm import SamplingParams
+
+    (methods,) = llm.collective_rpc(_moe_methods)
+    assert methods == {"AscendFusedMoEMethod"}
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True),
+                        use_tqdm=False)
+    for prompt, out in zip(PROMPTS, outs):
+        assert list(out.outputs[0].token_ids) == hf_greedy(hf_moe, prompt, 16), prompt[:40]
+
+
+def test_npu_ops_per_moe_layer_and_step(llm):
+    """Every MoE layer runs the six MoE ops once a step: gating, routing, the
+    two grouped matmuls around SwiGLU, and the weighted unpermute."""
+    from vllm import SamplingParams
+
+    layers = llm.llm_engine.vllm_config.model_config.hf_config.num_hidden_layers
+    (before,) = llm.collective_rpc(_launches)
+    llm.generate(["One, two, three,"], SamplingParams(temperature=0, max_tokens=9,
+                                                      ignore_eos=True), use_tqdm=False)
+    (after,) = llm.collective_rpc(_launches)
+    steps = 9  # one prefill step, eight decodes
+    per_step = {op: (after.get(op, 0) - before.get(op, 0)) / steps for op in after}
+    for op in (*MOE_OPS, "npu_swiglu"):
+        assert per_step[op] == layers, op
+    assert per_step["npu_grouped_matmul"] == 2 * layers
+
+
+def test_expert_parallelism_is_refused(moe_dir):
+    from vllm.engine.arg_utils import EngineArgs
+
+    args = EngineArgs(model=moe_dir, max_model_len=512, enable_expert_parallel=True)
+    with pytest.raises(NotImplementedError, match="expert parallelism"):
+        args.create_engine_config()
