@@ -78,6 +78,11 @@ def test_profiles_merge_over_the_base():
     static, paged = parse(data, "p", "vllm-p", "1.0", "test")
     assert (static.column, static.block_size, paged.block_size) == ("p/static", 128, 64)
     assert (static.model, paged.model) == ("full", "moe")
+    assert static.suites == paged.suites == ["registration", "correctness", "sampling", "engine",
+                                             "server", "robustness", "parallel"]
+    data["profiles"]["paged"]["suites"] = ["server", "registration", "correctness"]
+    paged = parse(data, "p", "vllm-p", "1.0", "test")[1]
+    assert paged.suites == ["registration", "correctness", "server"]  # in the suites' order
     assert static.claims_feature("server.chat")
     assert not static.claims_feature("registration.default")
     assert paged.claims_feature("registration.default") and paged.dtypes == ["float32"]
@@ -91,6 +96,9 @@ def test_profiles_merge_over_the_base():
     ({"platform": dict(BASE["platform"], hardware="npu")}, "hardware must be one of"),
     ({"engine": {"blocksize": 16}}, r"\[engine\]: unknown key"),
     ({"engine": {"model": "gpt-5"}}, r"model: 'gpt-5' is not a harness model"),
+    ({"profiles": {"m": {"suites": ["speed"]}}}, r"unknown suite\(s\) \['speed'\]"),
+    ({"profiles": {"m": {"suites": ["server"]}}},
+     r"claims \['correctness.greedy_fp32', 'registration.activation_log'"),
     ({"features": {"claims": ["robustness.unservable"]}}, "names no .* unservable_request"),
     ({"engine": {"unservable_request": {"prompt_tokens": 9}}}, "needs prompt_tokens and max"),
     ({"features": {"claims": ["sampling.*"], "not_observable": {"sampling.n": "x"}}},

@@ -16,7 +16,7 @@ from importlib import resources
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from vllm_harness.features import expand
+from vllm_harness.features import SUITES, expand
 from vllm_harness.models import VARIANTS
 
 if sys.version_info >= (3, 11):
@@ -64,6 +64,8 @@ class Profile:
     not_observable: dict[str, str] = field(default_factory=dict)
     #: the harness model variant the suites run (``vllm_harness.models.VARIANTS``)
     model: str = "full"
+    #: the suites this profile runs (all by default)
+    suites: list[str] = field(default_factory=lambda: list(SUITES))
 
     @property
     def column(self) -> str:
@@ -130,7 +132,7 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
     out = []
     for name, over in profiles.items():
         where = f"{source} [profiles.{name}]" if "profiles" in data else source
-        _check_keys(over, {"engine", "features", "hardware"}, where)
+        _check_keys(over, {"engine", "features", "hardware", "suites"}, where)
         merged = _merge(base, {k: v for k, v in over.items() if k != "hardware"})
         engine, features = merged["engine"], merged["features"]
         _check_keys(engine, _ENGINE_KEYS, f"{where} [engine]")
@@ -150,6 +152,15 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
         if unservable and not {"prompt_tokens", "max_tokens"} <= set(unservable):
             raise DeclarationError(f"{where}: [engine] unservable_request needs prompt_tokens "
                                    "and max_tokens (and may give the reason the error names)")
+        suites = list(over.get("suites", SUITES))
+        unknown_suites = set(suites) - set(SUITES)
+        if unknown_suites:
+            raise DeclarationError(f"{where}: unknown suite(s) {sorted(unknown_suites)}; "
+                                   f"known: {', '.join(SUITES)}")
+        outside = sorted(c for c in claims if c.split(".", 1)[0] in set(SUITES) - set(suites))
+        if outside:
+            raise DeclarationError(f"{where}: claims {outside} of suites the profile does not "
+                                   f"run (it runs {', '.join(suites)})")
         dtypes = list(engine.get("dtypes", ["float32"]))
         model = engine.get("model", "full")
         if model not in VARIANTS:
@@ -173,6 +184,7 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
             claims=claims,
             not_observable=not_observable,
             model=model,
+            suites=[name for name in SUITES if name in suites],
         ))
         if out[-1].hardware not in HARDWARE:
             raise DeclarationError(f"{where}: hardware must be one of {HARDWARE}")
