@@ -125,3 +125,41 @@ def test_native_rotary_kernel_equals_reference() -> None:
         native.rotary_embedding(positions.to("npu"), q, k, head_size, cache.to(dtype).to("npu"),
                                 True)
         _same((q, k), want, f"rotary_embedding {dtype}")
+
+
+ENGINE_RUN = r"""
+import json, sys
+from transformers import AutoTokenizer
+from vllm import LLM
+from vllm.platforms import current_platform
+from vllm_harness.suites.test_correctness import llm_top1_agreement
+
+model, greedy = sys.argv[1], json.loads(sys.argv[2])
+llm = LLM(model=model, dtype="bfloat16", max_model_len=512)
+rate = llm_top1_agreement(llm, AutoTokenizer.from_pretrained(model), greedy)
+print(json.dumps({"platform": type(current_platform).__name__, "agreement": rate}))
+"""
+
+
+def test_device_engine_agrees_with_transformers(model_dir, hf_model) -> None:
+    """vLLM on the NPU itself (its worker, model runner and kernels), bfloat16,
+    held to the conformance suite's 16-bit criterion against transformers
+    float32 (top-1 agreement on teacher-forced positions)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import hf_greedy
+
+    from vllm_harness.fixtures import MAX_TOKENS, PROMPTS
+    from vllm_harness.suites.test_correctness import MIN_AGREEMENT
+
+    greedy = [hf_greedy(hf_model, prompt, MAX_TOKENS) for prompt in PROMPTS]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ASCEND_EMULATE"}
+    result = subprocess.run([sys.executable, "-c", ENGINE_RUN, model_dir, json.dumps(greedy)],
+                            capture_output=True, text=True, env=env, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["platform"] == "NPUPlatform"
+    assert report["agreement"] >= MIN_AGREEMENT

@@ -20,7 +20,12 @@ from vllm_harness.suites.test_correctness import llm_top1_agreement
 pytestmark = [pytest.mark.slow]
 
 
-@pytest.fixture(scope="session", params=[STATIC, DYNAMIC])
+# one pytest-xdist group per scheme: each scheme's engine and reference build
+# on a worker of their own (--dist loadgroup), side by side
+@pytest.fixture(scope="session", params=[
+    pytest.param(STATIC, marks=pytest.mark.xdist_group("w8a8-static")),
+    pytest.param(DYNAMIC, marks=pytest.mark.xdist_group("w8a8-dynamic")),
+])
 def checkpoint(request, model_dir, tmp_path_factory) -> tuple[str, Path]:
     scheme = request.param
     return scheme, convert(model_dir, tmp_path_factory.mktemp(scheme.lower()), scheme)
@@ -147,7 +152,6 @@ def _layers_against_plain_math(worker, path: str, scheme: str) -> dict[str, floa
     return errors
 
 
-@pytest.mark.xdist_group("w8a8")
 def test_engine_layers_compute_the_checkpoints_int8_math(checkpoint, w8a8_llm):
     scheme, path = checkpoint
     (methods,) = w8a8_llm.collective_rpc(_linear_methods)
@@ -156,7 +160,6 @@ def test_engine_layers_compute_the_checkpoints_int8_math(checkpoint, w8a8_llm):
     assert max(errors.values()) < 1e-5, errors
 
 
-@pytest.mark.xdist_group("w8a8")
 def test_engine_agrees_with_transformers_on_the_same_int8_weights(hf_w8a8, w8a8_llm,
                                                                   model_dir):
     """Whole-model agreement is not exact: one-ulp differences between vLLM's

@@ -77,12 +77,12 @@ def test_platform_shape():
         EmulatedNPUPlatform.check_if_supports_dtype(torch.float16)
 
 
-def _config(model_dir: str, **kwargs):
+def _config(model_dir: str, dtype: str = "float32", **kwargs):
     from vllm.config import CacheConfig, ModelConfig, VllmConfig
 
     block = kwargs.pop("block_size", None)
     cache = CacheConfig(block_size=block) if block else CacheConfig()
-    return VllmConfig(model_config=ModelConfig(model=model_dir, dtype="float32",
+    return VllmConfig(model_config=ModelConfig(model=model_dir, dtype=dtype,
                                                max_model_len=256),
                       cache_config=cache, **kwargs)
 
@@ -90,7 +90,7 @@ def _config(model_dir: str, **kwargs):
 def test_config_defaults_and_refusals(tiny_model_dir):
     config = _config(tiny_model_dir)  # the emulated platform is current (conftest)
     assert config.cache_config.block_size == 128
-    assert config.parallel_config.worker_cls == "vllm_ascend.worker.NPUWorker"
+    assert config.parallel_config.worker_cls == "vllm_ascend.worker.EmulatedNPUWorker"
     assert "all" in config.compilation_config.custom_ops
     with pytest.raises(ValueError, match="blocks of 128 to 512 tokens, multiples of 128"):
         _config(tiny_model_dir, block_size=64)
@@ -101,8 +101,21 @@ def test_config_defaults_and_refusals(tiny_model_dir):
         _config(tiny_model_dir, additional_config={"ascend": {"device_memory": "lots"}})
 
 
-def test_npu_platform_refuses_until_its_worker_lands(tiny_model_dir):
+def test_npu_platform_picks_the_device_worker(tiny_model_dir):
+    """On an NPU the platform takes vLLM's GPU worker and runner made for it; the
+    worker module imports without torch_npu (it is used only on the device)."""
     from vllm_ascend.platform import NPUPlatform
+    from vllm_ascend.worker import EmulatedNPUWorker, NPUWorker
 
-    with pytest.raises(NotImplementedError, match="only emulated"):
+    config = _config(tiny_model_dir, dtype="bfloat16")
+    config.parallel_config.worker_cls = "auto"
+    NPUPlatform.check_and_update_config(config)
+    assert config.parallel_config.worker_cls == "vllm_ascend.worker.NPUWorker"
+    assert config.cache_config.block_size == 128
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_worker import Worker
+
+    assert issubclass(NPUWorker, Worker) and not issubclass(NPUWorker, CPUWorker)
+    assert issubclass(EmulatedNPUWorker, CPUWorker)
+    with pytest.raises(ValueError, match="on the NPU does not run dtype=float32"):
         NPUPlatform.check_and_update_config(_config(tiny_model_dir))

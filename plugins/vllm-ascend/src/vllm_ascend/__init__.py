@@ -54,7 +54,7 @@ def register() -> str | None:
     choice = os.environ.get(ENV_EMULATE, "").strip().lower()
     if choice in ("1", "true", "on", "yes"):
         npu_ops.select(emulated=True)
-        return _activate(EMULATED_PLATFORM)
+        return _activate(EMULATED_PLATFORM, emulated=True)
     if choice in ("0", "false", "off", "no"):
         return None
     if choice:
@@ -70,7 +70,7 @@ def register() -> str | None:
             "vllm-ascend inactive: %s; set %s=1 to emulate the NPU on the CPU", why, ENV_EMULATE)
         return None
     npu_ops.select(emulated=False)
-    return _activate(NPU_PLATFORM)
+    return _activate(NPU_PLATFORM, emulated=False)
 
 
 def register_quantization() -> None:
@@ -84,8 +84,8 @@ def register_quantization() -> None:
         import vllm_ascend.quantization  # noqa: F401  (registers it with vLLM)
 
 
-def _activate(platform: str) -> str:
+def _activate(platform: str, *, emulated: bool) -> str:
     from vllm_ascend import patches
 
-    patches.apply()
+    patches.apply(emulated=emulated)
     return platform

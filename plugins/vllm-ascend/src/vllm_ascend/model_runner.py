@@ -1,10 +1,11 @@
-"""The model runner of the emulated NPU: vLLM's CPU runner with the NPU's KV layout.
+"""vllm-ascend's model runners: vLLM's GPU runner on an NPU, its CPU runner emulated.
 
 vLLM allocates each layer's cache as one tensor with K and V side by side
 per token. The NPU's cache kernels (``npu_scatter_pa_kv_cache``, paged
 ``npu_fused_infer_attention_score``) take K and V as two contiguous
 [blocks, block_size, kv_heads, head_dim] caches, so each layer gets a
-[2, blocks, block_size, kv_heads, head_dim] tensor of the same size instead.
+[2, blocks, block_size, kv_heads, head_dim] tensor of the same size instead;
+both runners share that layout (:class:`NPUKVCacheLayout`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import AbstractContextManager
 import torch
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheConfig
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import bind_kv_cache
 
 
@@ -26,7 +28,12 @@ def npu_kv_cache(like: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
                        dtype=spec.dtype, device=like.device)
 
 
-class NPUModelRunner(CPUModelRunner):
+class NPUKVCacheLayout:
+    """Separate contiguous K and V caches per layer, as the NPU kernels take them
+    (a mixin over vLLM's GPU or CPU model runner)."""
+
+    kv_caches: list[torch.Tensor]
+
     def initialize_kv_cache_tensors(
         self,
         kv_cache_config: KVCacheConfig,
@@ -53,3 +60,14 @@ class NPUModelRunner(CPUModelRunner):
         # blocks are the second dimension of the [2, blocks, ...] caches
         for cache in self.kv_caches:
             cache[:, block_ids] = 0
+
+
+class NPUModelRunner(NPUKVCacheLayout, GPUModelRunner):
+    """vLLM's GPU model runner on an Ascend NPU: batches, sampling and the
+    device buffers are vLLM's own, the KV cache laid out for the NPU kernels.
+    It runs eagerly (no ACL graphs yet). Its torch.cuda streams and events are
+    torch_npu's (``vllm_ascend.patches``)."""
+
+
+class EmulatedNPUModelRunner(NPUKVCacheLayout, CPUModelRunner):
+    """The same layout on vLLM's CPU runner, for NPU emulation on the host."""

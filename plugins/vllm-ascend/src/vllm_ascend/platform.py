@@ -97,6 +97,21 @@ class NPUPlatform(Platform):
         return True
 
     @classmethod
+    def get_current_memory_usage(cls, device: torch.types.Device | None = None) -> float:
+        torch.npu.reset_peak_memory_stats(device)
+        return float(torch.npu.max_memory_allocated(device))
+
+    @classmethod
+    def register_triton_kernel_overrides(cls) -> None:
+        # vLLM's model runner writes a few bookkeeping kernels in Triton, which
+        # neither the NPU nor the host runs: the plugin's tensor programs instead
+        from vllm.triton_utils.dispatcher import register_kernels
+
+        from vllm_ascend.kernels import OVERRIDES
+
+        register_kernels(OVERRIDES)
+
+    @classmethod
     def get_attn_backend_cls(
         cls,
         selected_backend: AttentionBackendEnum | None,
@@ -195,11 +210,6 @@ class NPUPlatform(Platform):
         # Refuse what cannot run in the front process, where the error reaches
         # the user directly instead of through a dead engine core.
         config = AscendConfig.load(vllm_config.additional_config)
-        if not cls.emulated:
-            raise NotImplementedError(
-                f"vllm-ascend {__version__} runs its NPU code paths only emulated on the CPU "
-                f"({PLUGIN} emulation: VLLM_ASCEND_EMULATE=1); the NPU worker and graph "
-                "capture come in a later version")
         if vllm_config.model_config is not None:
             cls.check_if_supports_dtype(vllm_config.model_config.dtype)
             cls._check_modelslim_checkpoint(vllm_config.model_config)
@@ -210,7 +220,8 @@ class NPUPlatform(Platform):
                 "vllm-ascend runs MoE layers with their experts split by tensor parallelism; "
                 "expert parallelism (--enable-expert-parallel) is not supported yet")
         if parallel.worker_cls == "auto":
-            parallel.worker_cls = "vllm_ascend.worker.NPUWorker"
+            parallel.worker_cls = ("vllm_ascend.worker.EmulatedNPUWorker" if cls.emulated
+                                   else "vllm_ascend.worker.NPUWorker")
         cls._reset_gpu_only_options(vllm_config)
 
         cache_config = vllm_config.cache_config
@@ -290,10 +301,3 @@ class EmulatedNPUPlatform(NPUPlatform):
     def num_compute_units(cls, device_id: int = 0) -> int:
         return torch.get_num_threads()
 
-    @classmethod
-    def register_triton_kernel_overrides(cls) -> None:
-        from vllm.triton_utils.dispatcher import register_kernels
-
-        from vllm_ascend.kernels import OVERRIDES
-
-        register_kernels(OVERRIDES)

@@ -1,26 +1,35 @@
-"""The worker of the emulated NPU: vLLM's CPU worker, minus its compiled kernels.
+"""vllm-ascend's workers: vLLM's GPU worker on an NPU, its CPU worker emulated.
 
-The emulated NPU has a fixed memory capacity (``VLLM_ASCEND_DEVICE_MEMORY``).
-The KV cache gets what the capacity leaves after the weights and a
-deterministic activation reserve, so the number of KV blocks depends only on
-the settings and the model, as it would on a device of that size.
+:class:`NPUWorker` is vLLM's own worker with the device set up for an NPU:
+``npu:<local rank>``, HCCL between workers; memory profiling (a dummy forward
+pass at the largest batch, vLLM's ``memory_profiling`` through
+``torch.accelerator``, which torch_npu implements) sizes the KV cache.
+
+:class:`EmulatedNPUWorker` runs on the host with a fixed emulated capacity
+(``VLLM_ASCEND_DEVICE_MEMORY``): the KV cache gets what the capacity leaves
+after the weights and a deterministic activation reserve, so the number of KV
+blocks depends only on the settings and the model, as it would on a device of
+that size.
 """
 
 from __future__ import annotations
 
+import gc
 from contextlib import AbstractContextManager, nullcontext
 
 import psutil
 import torch
 from vllm.config import VllmConfig
 from vllm.distributed.parallel_state import get_tp_group
+from vllm.utils.mem_utils import MemorySnapshot
 from vllm.utils.torch_utils import set_random_seed
 from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
+from vllm.v1.worker.utils import request_memory
 
 from vllm_ascend import get_logger, ops
 from vllm_ascend.envs import ENV_MEMORY, AscendConfig, usable_cores
-from vllm_ascend.model_runner import NPUModelRunner
+from vllm_ascend.model_runner import EmulatedNPUModelRunner, NPUModelRunner
 
 logger = get_logger(__name__)
 
@@ -47,7 +56,56 @@ def activation_reserve(vllm_config: VllmConfig) -> int:
     return 2 * (tokens * per_token + seqs * model.get_vocab_size() * 4)
 
 
-class NPUWorker(CPUWorker):
+class NPUWorker(Worker):
+    """vLLM's GPU worker on an Ascend NPU."""
+
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        local_rank: int,
+        rank: int,
+        distributed_init_method: str,
+        is_driver_worker: bool = False,
+    ) -> None:
+        ops.register()
+        super().__init__(vllm_config, local_rank, rank, distributed_init_method,
+                         is_driver_worker=is_driver_worker)
+
+    def init_device(self) -> None:
+        """What vLLM's worker does for a CUDA device, for ``npu:<local rank>``."""
+        from vllm.platforms import current_platform
+
+        parallel = self.parallel_config
+        if parallel.distributed_executor_backend not in ("ray", "external_launcher"):
+            # ranks of other data-parallel replicas on this host come after ours
+            dp_local_rank = parallel.data_parallel_rank_local
+            if dp_local_rank is None:
+                dp_local_rank = parallel.data_parallel_index
+            self.local_rank += dp_local_rank * (parallel.pipeline_parallel_size
+                                                * parallel.tensor_parallel_size)
+        self.device = torch.device(f"npu:{self.local_rank}")
+        current_platform.set_device(self.device)
+        current_platform.check_if_supports_dtype(self.model_config.dtype)
+        # HCCL's buffers first, so the memory snapshot below accounts for them
+        init_worker_distributed_environment(
+            self.vllm_config, self.rank, self.distributed_init_method, self.local_rank,
+            current_platform.dist_backend)
+        set_random_seed(self.model_config.seed)
+        gc.collect()
+        torch.accelerator.empty_cache()
+        self.init_snapshot = MemorySnapshot(device=self.device)
+        self.requested_memory = request_memory(self.init_snapshot, self.cache_config)
+        self._init_workspace_and_model_runner()
+
+    def _make_model_runner(self) -> NPUModelRunner:
+        if self.use_v2_model_runner:
+            logger.warning("vllm-ascend uses vLLM's V1 model runner; ignoring the V2 request")
+        return NPUModelRunner(self.vllm_config, self.device)
+
+
+class EmulatedNPUWorker(CPUWorker):
+    """vLLM's CPU worker without its compiled kernels, with the emulated NPU's memory."""
+
     def __init__(
         self,
         vllm_config: VllmConfig,
@@ -93,7 +151,7 @@ class NPUWorker(CPUWorker):
         set_random_seed(self.model_config.seed)
         if self.use_v2_model_runner:
             logger.warning("vllm-ascend uses vLLM's V1 model runner; ignoring the V2 request")
-        self.model_runner = NPUModelRunner(self.vllm_config, self.device)
+        self.model_runner = EmulatedNPUModelRunner(self.vllm_config, self.device)
 
     def load_model(self, *, load_dummy_weights: bool = False) -> None:
         super().load_model(load_dummy_weights=load_dummy_weights)
