@@ -98,7 +98,10 @@ def test_profiles_merge_over_the_base():
     ({"engine": {"model": "gpt-5"}}, r"model: 'gpt-5' is not a harness model"),
     ({"profiles": {"m": {"suites": ["speed"]}}}, r"unknown suite\(s\) \['speed'\]"),
     ({"profiles": {"m": {"suites": ["server"]}}},
-     r"claims \['correctness.greedy_fp32', 'registration.activation_log'"),
+     r"claims \['correctness.greedy_fp32', 'registration.default', 'registration.entry_point', "
+     r"'registration.selected'\] of suites"),  # the server suite judges the activation log
+    ({"profiles": {"m": {"suites": ["registration", "correctness"]}}},
+     r"claims \['registration.activation_log'\] of suites"),
     ({"features": {"claims": ["robustness.unservable"]}}, "names no .* unservable_request"),
     ({"engine": {"unservable_request": {"prompt_tokens": 9}}}, "needs prompt_tokens and max"),
     ({"features": {"claims": ["sampling.*"], "not_observable": {"sampling.n": "x"}}},

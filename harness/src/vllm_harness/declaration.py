@@ -16,7 +16,7 @@ from importlib import resources
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from vllm_harness.features import SUITES, expand
+from vllm_harness.features import FEATURES, SUITES, expand
 from vllm_harness.models import VARIANTS
 
 if sys.version_info >= (3, 11):
@@ -157,7 +157,8 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
         if unknown_suites:
             raise DeclarationError(f"{where}: unknown suite(s) {sorted(unknown_suites)}; "
                                    f"known: {', '.join(SUITES)}")
-        outside = sorted(c for c in claims if c.split(".", 1)[0] in set(SUITES) - set(suites))
+        outside = sorted(c for c in claims
+                         if c in FEATURES and FEATURES[c].judging_suite not in suites)
         if outside:
             raise DeclarationError(f"{where}: claims {outside} of suites the profile does not "
                                    f"run (it runs {', '.join(suites)})")

@@ -14,17 +14,24 @@ from dataclasses import dataclass
 class Feature:
     id: str
     title: str
+    #: the suite whose tests judge it, where that is not the id's own suite
+    judged_in: str = ""
 
     @property
     def suite(self) -> str:
         return self.id.split(".", 1)[0]
+
+    @property
+    def judging_suite(self) -> str:
+        return self.judged_in or self.suite
 
 
 _FEATURES = [
     Feature("registration.entry_point", "entry point loads and names the platform class"),
     Feature("registration.selected", "selected: current_platform is the plugin's class"),
     Feature("registration.default", "no selection: active or inactive as declared"),
-    Feature("registration.activation_log", "activation log line at startup"),
+    # the line is looked for in the log of the server that the server suite starts
+    Feature("registration.activation_log", "activation log line at startup", judged_in="server"),
     Feature("correctness.greedy_fp32", "greedy ids equal transformers (fp32)"),
     Feature("correctness.logprobs", "sample and prompt logprobs close to transformers"),
     Feature("correctness.bf16", "bfloat16 top-1 agrees with fp32 (teacher forced)"),
