@@ -183,10 +183,10 @@ def test_refusal_reason_drops_pydantic_wrapping():
 def test_top1_agreement_counts_exact_ties():
     """A position agrees when the reference token's logprob is the engine's best,
     tied or not; vLLM's rank would call both tied tokens 2."""
-    from vllm_harness.suites.test_correctness import _teacher_forced_agreement
+    from vllm_harness.agreement import teacher_forced_agreement
 
     prompts, refs = [[1, 2, 5, 7, 9]], [[5, 7, 9]]
     logprobs = [[{}, {}, {5: -0.5, 6: -0.5},  # tied best: agrees
                  {7: -2.0, 8: -0.1},  # another token is better: disagrees
                  {9: -0.2}]]  # the reference is the engine's best
-    assert _teacher_forced_agreement(logprobs, prompts, refs) == pytest.approx(2 / 3)
+    assert teacher_forced_agreement(logprobs, prompts, refs) == pytest.approx(2 / 3)

@@ -132,7 +132,7 @@ import json, sys
 from transformers import AutoTokenizer
 from vllm import LLM
 from vllm.platforms import current_platform
-from vllm_harness.suites.test_correctness import llm_top1_agreement
+from vllm_harness.agreement import llm_top1_agreement
 
 model, greedy = sys.argv[1], json.loads(sys.argv[2])
 llm = LLM(model=model, dtype="bfloat16", max_model_len=512)
@@ -152,8 +152,8 @@ def test_device_engine_agrees_with_transformers(model_dir, hf_model) -> None:
 
     from conftest import hf_greedy
 
+    from vllm_harness.agreement import MIN_AGREEMENT
     from vllm_harness.fixtures import MAX_TOKENS, PROMPTS
-    from vllm_harness.suites.test_correctness import MIN_AGREEMENT
 
     greedy = [hf_greedy(hf_model, prompt, MAX_TOKENS) for prompt in PROMPTS]
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ASCEND_EMULATE"}

@@ -14,8 +14,8 @@ from conftest import hf_greedy, make_llm
 
 from vllm_ascend.modelslim import WEIGHTS_FILE, convert, quantized_layers
 from vllm_ascend.quantization import DESCRIPTION_FILE, DYNAMIC, FLOAT, STATIC, TENSORS
+from vllm_harness.agreement import llm_top1_agreement
 from vllm_harness.fixtures import MAX_TOKENS, PROMPTS
-from vllm_harness.suites.test_correctness import llm_top1_agreement
 
 pytestmark = [pytest.mark.slow]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 from conftest import make_llm
 
+from vllm_harness.agreement import MIN_AGREEMENT, llm_top1_agreement
 from vllm_harness.fixtures import MAX_TOKENS, PROMPTS
-from vllm_harness.suites.test_correctness import MIN_AGREEMENT, llm_top1_agreement
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("compiled")]
 

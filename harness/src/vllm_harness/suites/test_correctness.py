@@ -7,13 +7,10 @@ from typing import Any
 
 import pytest
 
+from vllm_harness.agreement import MIN_AGREEMENT, llm_top1_agreement, teacher_forced_agreement
 from vllm_harness.declaration import Profile
 from vllm_harness.fixtures import MAX_TOKENS, PROMPTS, Server, make_llm, shutdown
 
-#: Teacher-forced top-1 agreement of a 16-bit dtype with fp32. SmolLM2 has a
-#: few near-ties that flip under 16-bit rounding; 95% leaves room for them and
-#: still catches a wrong kernel (which lands far below).
-MIN_AGREEMENT = 0.95
 LOGPROB_TOLERANCE = 2e-3
 
 
@@ -71,25 +68,6 @@ def test_logprobs_close_to_transformers(llm: Any, hf_model: tuple[Any, Any]):
     print(f"largest logprob difference: {worst:.2e}")
 
 
-def _teacher_forced_agreement(prompt_logprobs: list[list[dict[int, float]]],
-                              prompts: list[list[int]], refs: list[list[int]]) -> float:
-    """Share of positions where the fp32 reference token is the engine's top-1.
-
-    Each position holds the logprobs vLLM returned with ``prompt_logprobs=1``:
-    the prompt token's and the engine's best. The reference token is top-1
-    when its logprob is the best; an exact tie counts, since 16-bit logits tie
-    often and vLLM ranks both tied tokens 2 (it counts the logprobs >= the
-    token's), though either is the engine's first choice.
-    """
-    agree = total = 0
-    for logprobs, ids, ref in zip(prompt_logprobs, prompts, refs, strict=True):
-        for pos in range(len(ids) - len(ref), len(ids)):
-            at = logprobs[pos]
-            agree += at[ids[pos]] >= max(at.values())
-            total += 1
-    return agree / total
-
-
 def _server_agreement(server: Server, tokenizer: Any, hf_greedy: list[list[int]]) -> float:
     import requests
 
@@ -102,7 +80,7 @@ def _server_agreement(server: Server, tokenizer: Any, hf_greedy: list[list[int]]
         assert r.status_code == 200, r.text
         lps = r.json()["choices"][0]["prompt_logprobs"]
         logprobs.append([{int(t): e["logprob"] for t, e in (lp or {}).items()} for lp in lps])
-    return _teacher_forced_agreement(logprobs, prompts, hf_greedy)
+    return teacher_forced_agreement(logprobs, prompts, hf_greedy)
 
 
 @pytest.mark.xdist_group("server")
@@ -125,20 +103,6 @@ def _engine_agreement(profile: Profile, model_dir: str, dtype: str,
         return llm_top1_agreement(llm, tokenizer, hf_greedy)
     finally:
         shutdown(llm)
-
-
-def llm_top1_agreement(llm: Any, tokenizer: Any, hf_greedy: list[list[int]]) -> float:
-    """Teacher-forced top-1 agreement of a ``vllm.LLM`` with the fp32 reference
-    (a plugin's own tests use it on engines the suite does not build)."""
-    from vllm import SamplingParams
-
-    prompts = [tokenizer(p).input_ids + r for p, r in zip(PROMPTS, hf_greedy, strict=True)]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                        SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1),
-                        use_tqdm=False)
-    logprobs = [[{t: e.logprob for t, e in (lp or {}).items()} for lp in o.prompt_logprobs]
-                for o in outs]
-    return _teacher_forced_agreement(logprobs, prompts, hf_greedy)
 
 
 @pytest.mark.xdist_group("engine")
