@@ -538,7 +538,7 @@ def _npu_calls(path: Path) -> set[tuple[str, str]]:
 
 
 def test_the_plugin_calls_only_npu_ops_with_a_reference() -> None:
-    helpers = {"select", "launches", "counting", "count_device_launches"}
+    helpers = set(vars(npu_ops))  # npu_ops's own functions and sets; the rest are NPU ops
     called: dict[str, set[str]] = {}
     for path in SRC.rglob("*.py"):
         if path.name in ("npu_ops.py", "emulation.py"):

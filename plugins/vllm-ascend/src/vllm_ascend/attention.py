@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from vllm.config import VllmConfig
@@ -44,7 +46,7 @@ from vllm.v1.attention.backend import (
 from vllm.v1.attention.backends.registry import register_backend
 from vllm.v1.kv_cache_interface import AttentionSpec
 
-from vllm_ascend import npu_ops
+from vllm_ascend import npu_graphs, npu_ops
 from vllm_ascend.emulation import COMPRESSED_MASK_SIZE
 
 NAME = "ASCEND_ATTN"
@@ -225,14 +227,21 @@ class AscendAttentionImpl(AttentionImpl):
             # one query token per request: the kernel's incremental path, in
             # BSH layout over the paged cache, no mask needed
             blocks, block_size = key_cache.shape[:2]
-            npu_ops.npu_fused_infer_attention_score.out(
-                query[:n].reshape(n, 1, -1), key_cache.view(blocks, block_size, -1),
-                value_cache.view(blocks, block_size, -1), block_table=meta.block_table,
-                block_size=block_size, actual_seq_lengths_kv=meta.seq_lens,
-                num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
-                scale=self.scale, input_layout="BSH", sparse_mode=0,
-                attention_out=flat[:n].view(n, 1, -1), softmax_lse=self._no_lse(query))
+            call = DecodeCall(
+                query=query[:n].reshape(n, 1, -1),
+                key_cache=key_cache.view(blocks, block_size, -1),
+                value_cache=value_cache.view(blocks, block_size, -1),
+                block_size=block_size, num_heads=self.num_heads,
+                num_kv_heads=self.num_kv_heads, scale=self.scale,
+                out=flat[:n].view(n, 1, -1), lse=self._no_lse(query))
+            if npu_graphs.is_capturing():
+                _capture_decode(call, layer, meta)
+            else:
+                call.launch(meta.block_table, meta.seq_lens)
         else:
+            if npu_graphs.is_capturing():
+                raise RuntimeError(f"vllm-ascend captures decode steps only into ACL graphs, "
+                                   f"not a {meta.state.value} step")
             common = dict(
                 atten_mask=meta.mask, actual_seq_lengths=meta.cumulative_query_lens,
                 num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
@@ -253,3 +262,82 @@ class AscendAttentionImpl(AttentionImpl):
         if flat.shape[0] > n:
             flat[n:] = 0  # padded rows: never uninitialised memory in the next layer
         return output
+
+
+# --- decode attention inside an ACL graph -------------------------------------------
+
+@dataclass
+class DecodeCall:
+    """A decode step's attention kernel, but for the per-step block table and lengths."""
+
+    query: torch.Tensor  # [requests, 1, heads * head]
+    key_cache: torch.Tensor  # [blocks, block_size, kv_heads * head]
+    value_cache: torch.Tensor
+    block_size: int
+    num_heads: int
+    num_kv_heads: int
+    scale: float
+    out: torch.Tensor  # [requests, 1, heads * head]
+    lse: torch.Tensor
+
+    def launch(self, block_table: torch.Tensor, seq_lens: list[int]) -> None:
+        npu_ops.npu_fused_infer_attention_score.out(
+            self.query, self.key_cache, self.value_cache, block_table=block_table,
+            block_size=self.block_size, actual_seq_lengths_kv=seq_lens,
+            num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
+            scale=self.scale, input_layout="BSH", sparse_mode=0,
+            attention_out=self.out, softmax_lse=self.lse)
+
+
+@dataclass
+class GraphTask:
+    """One layer's attention kernel in a captured graph, and its task group."""
+
+    layer_name: str
+    call: DecodeCall
+    handle: Any
+
+
+#: the attention kernels of the capture underway (:func:`recording_graph_tasks`)
+_graph_tasks: list[GraphTask] | None = None
+
+
+@contextmanager
+def recording_graph_tasks() -> Iterator[list[GraphTask]]:
+    """Collect the attention kernels an ACL graph capture records, to update them
+    before each replay (:func:`update_graph_tasks`)."""
+    global _graph_tasks
+    if _graph_tasks is not None:
+        raise RuntimeError("attention graph tasks are already being recorded")
+    _graph_tasks = []
+    try:
+        yield _graph_tasks
+    finally:
+        _graph_tasks = None
+
+
+def _capture_decode(call: DecodeCall, layer: Any, meta: AscendMetadata) -> None:
+    # The graph freezes the kernel's host arguments, the lengths among them:
+    # record it as a task group of its own, reissued with each step's lengths.
+    if _graph_tasks is None:
+        raise RuntimeError("vllm-ascend attention was captured into an ACL graph outside "
+                           "ACLGraphWrapper, which alone updates its lengths before replay")
+    stream = npu_graphs.current_stream()
+    npu_graphs.task_group_begin(stream)
+    call.launch(meta.block_table, meta.seq_lens)
+    _graph_tasks.append(GraphTask(layer.layer_name, call, npu_graphs.task_group_end(stream)))
+
+
+def update_graph_tasks(tasks: list[GraphTask], attn_metadata: dict[str, Any]) -> None:
+    """Reissue each captured attention kernel with this step's block table and lengths."""
+    stream = npu_graphs.current_stream()
+    for task in tasks:
+        meta = attn_metadata[task.layer_name]
+        batch = task.call.query.shape[0]
+        if meta.state is not AttentionState.DECODE_ONLY or len(meta.seq_lens) != batch:
+            raise RuntimeError(
+                f"an ACL graph of a {batch}-request decode step cannot replay a "
+                f"{len(meta.seq_lens)}-request {meta.state.value} step")
+        npu_graphs.task_update_begin(stream, task.handle)
+        task.call.launch(meta.block_table, meta.seq_lens)
+        npu_graphs.task_update_end(stream)

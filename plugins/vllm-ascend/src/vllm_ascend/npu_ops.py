@@ -26,6 +26,10 @@ _emulated = True
 _launchers: dict[str, Callable[..., Any]] = {}
 #: > 0 while a launcher runs: the aten ops of a reference are one NPU kernel
 _inside = 0
+#: under emulation, the NPU graph being captured or updated sees every launch
+#: (``vllm_ascend.npu_graphs``): (op name, the kernel, args, kwargs) -> result
+LaunchHook = Callable[[str, Callable[..., Any], tuple, dict], Any]
+_hook: LaunchHook | None = None
 
 
 def select(*, emulated: bool) -> None:
@@ -33,6 +37,23 @@ def select(*, emulated: bool) -> None:
     global _emulated
     _emulated = emulated
     _launchers.clear()
+
+
+def is_emulated() -> bool:
+    return _emulated
+
+
+def in_launch() -> bool:
+    """Whether a reference is running (its aten ops are that one NPU kernel's)."""
+    return _inside > 0
+
+
+def set_launch_hook(hook: LaunchHook | None) -> None:
+    """Hand every launch to ``hook`` instead of running it (emulation only)."""
+    global _hook
+    if hook is not None and not _emulated:
+        raise RuntimeError("launch hooks exist for the emulated NPU only")
+    _hook = hook
 
 
 def _target(name: str) -> Callable[..., Any]:
@@ -48,14 +69,19 @@ def _launcher(name: str) -> Callable[..., Any]:
     if launcher is None:
         target = _target(name)
 
-        def launcher(*args: Any, **kwargs: Any) -> Any:
+        def kernel(*args: Any, **kwargs: Any) -> Any:
             global _inside
-            launches[name] += 1
             _inside += 1
             try:
                 return target(*args, **kwargs)
             finally:
                 _inside -= 1
+
+        def launcher(*args: Any, **kwargs: Any) -> Any:
+            launches[name] += 1
+            if _hook is not None and not _inside:
+                return _hook(name, kernel, args, kwargs)
+            return kernel(*args, **kwargs)
 
         launcher.__name__ = name
         # an op's out= overload, as torch_npu spells it: npu_ops.<op>.out(...)
@@ -85,7 +111,7 @@ def counting() -> Iterator[Counter[str]]:
 
 
 #: aten ops that allocate or describe memory without running a kernel
-_NO_KERNEL = {"empty", "empty_strided", "empty_like", "detach", "alias", "lift_fresh",
+NO_KERNEL = {"empty", "empty_strided", "empty_like", "detach", "alias", "lift_fresh",
               "_reshape_alias", "unsqueeze_", "squeeze_", "as_strided_", "resize_"}
 #: aten ops that wait for the device: a value or a data-dependent shape on the host
 HOST_SYNC = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
@@ -117,7 +143,7 @@ class DeviceLaunches(TorchDispatchMode):
             name = func.overloadpacket.__name__
             if name in HOST_SYNC:
                 self.host_syncs[f"aten.{name}"] += 1
-            if not func.is_view and name not in _NO_KERNEL:
+            if not func.is_view and name not in NO_KERNEL:
                 self.kernels[f"aten.{name}"] += 1
         return func(*args, **(kwargs or {}))
 

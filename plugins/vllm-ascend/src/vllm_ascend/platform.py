@@ -14,7 +14,7 @@ call compiled ``torch.ops._C`` kernels, which the pure-Python vLLM build lacks.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 import torch
@@ -134,6 +134,16 @@ class NPUPlatform(Platform):
     @classmethod
     def opaque_attention_op(cls) -> bool:
         return True
+
+    @classmethod
+    def get_static_graph_wrapper_cls(cls) -> str:
+        return "vllm_ascend.acl_graph.ACLGraphWrapper"
+
+    @classmethod
+    def graph_pool_handle(cls) -> Any:
+        from vllm_ascend import npu_graphs
+
+        return npu_graphs.graph_pool_handle()
 
     @classmethod
     def support_hybrid_kv_cache(cls) -> bool:
