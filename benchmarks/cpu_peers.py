@@ -303,6 +303,8 @@ def report(args, offline: dict, serve: dict) -> None:
         for system, by_c in serve.items():
             for c, m in by_c.items():
                 p = serve.get("vllm_cpu", {}).get(c)
+                # a peer run that completed no request reports zeros: no ratio to it
+                p = p if p and p["median_ttft_ms"] > 0 and p["median_itl_ms"] > 0 else None
                 r1 = f"{m['median_ttft_ms'] / p['median_ttft_ms']:.2f}x" if p else "—"
                 r2 = f"{m['median_itl_ms'] / p['median_itl_ms']:.2f}x" if p else "—"
                 print(f"| {system} | {c} | {m['median_ttft_ms']:.0f} | {r1} | "
