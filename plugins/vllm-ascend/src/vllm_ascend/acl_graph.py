@@ -60,8 +60,7 @@ class ACLGraphWrapper(CUDAGraphWrapper):
             output = self.runnable(*args, **kwargs)
         # the outputs live in the graph's memory: each replay rewrites them
         self.concrete_cudagraph_entries[descriptor] = CUDAGraphEntry(
-            batch_descriptor=descriptor, cudagraph=graph, output=output,
-            input_addresses=[a.data_ptr() for a in args if hasattr(a, "data_ptr")])
+            batch_descriptor=descriptor, cudagraph=graph, output=output)
         self.attention_tasks[descriptor] = tasks
         compilation_counter.num_cudagraph_captured += 1
         return output
