@@ -26,6 +26,12 @@ COMMON_ENV = {
     "GLOO_SOCKET_IFNAME": "lo",
     "VLLM_NO_USAGE_STATS": "1",
 }
+#: Defaults a user's environment overrides: one OpenMP thread per process. The
+#: suites' two workers, and vLLM's tests beside them, share the cores; two
+#: OpenMP threads in each of two busy processes spin at each other's barriers
+#: (a transformers reference ran 8x slower). Engines take their threads from
+#: the plugin's own settings.
+DEFAULT_ENV = {"OMP_NUM_THREADS": "1"}
 _RESULTS_KEY = pytest.StashKey[Results]()
 _PROFILE_KEY = pytest.StashKey[declaration.Profile]()
 
@@ -46,6 +52,8 @@ def pytest_configure(config: pytest.Config) -> None:
         profile = declaration.find(column)
     except declaration.DeclarationError as e:
         raise pytest.UsageError(str(e)) from e
+    for key, value in DEFAULT_ENV.items():
+        os.environ.setdefault(key, value)
     os.environ.update(COMMON_ENV)
     os.environ.update(profile.process_env())
     config.stash[_PROFILE_KEY] = profile

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vllm_harness.declaration import Profile
 from vllm_harness.features import SUITES
-from vllm_harness.pytest_plugin import COMMON_ENV
+from vllm_harness.pytest_plugin import COMMON_ENV, DEFAULT_ENV
 
 #: A hung engine or server fails its test instead of the whole run.
 TEST_TIMEOUT_S = 900
@@ -60,7 +60,7 @@ def run(profiles: list[Profile], results_dir: Path, suites: list[str] | None = N
     for profile in profiles:
         results = results_path(results_dir, profile, "suite")
         results.unlink(missing_ok=True)
-        env = dict(os.environ, **COMMON_ENV, **profile.process_env())
+        env = {**DEFAULT_ENV, **os.environ, **COMMON_ENV, **profile.process_env()}
         chosen = [s for s in (suites or SUITES) if s in profile.suites]
         if not chosen:
             print(f"== {profile.column}: runs none of the suites asked for", flush=True)
@@ -96,5 +96,6 @@ def _start_vllm_tests(profile: Profile, results_dir: Path) -> tuple[subprocess.P
            f"{profile.entry_point}/{profile.name}",
            "--results", str(results_dir)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**DEFAULT_ENV, **os.environ})
     return proc, log

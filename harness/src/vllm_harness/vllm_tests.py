@@ -77,7 +77,7 @@ from vllm_harness import runner
 from vllm_harness.declaration import Profile
 from vllm_harness.judge import Cell, Results, combine, judge
 from vllm_harness.models import cache_root
-from vllm_harness.pytest_plugin import COMMON_ENV, is_refusal
+from vllm_harness.pytest_plugin import COMMON_ENV, DEFAULT_ENV, is_refusal
 
 VLLM_VERSION = "0.32.0"
 SDIST = f"vllm-{VLLM_VERSION}.tar.gz"
@@ -364,6 +364,7 @@ def run_group(profile: Profile, group: str, root: Path, model: str,
     with tempfile.TemporaryDirectory(prefix="vllm-tests-") as tmp:
         outcomes_file = Path(tmp) / "outcomes.jsonl"
         env = {
+            **DEFAULT_ENV,
             **os.environ,
             **COMMON_ENV,
             "TOKENIZERS_PARALLELISM": "false",

@@ -19,10 +19,12 @@ os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 # Every process of the suite talks over loopback only.
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-# Two cores shared by two xdist workers: one thread per engine avoids
-# OpenMP oversubscription.
+# Two cores shared by two xdist workers: one thread per engine and per test
+# process (the transformers references run here). Two OpenMP threads in each
+# of two busy processes spin at each other's barriers: 8x slower.
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("VLLM_CPU_SIM_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # read when torch loads
 
 sys.path.insert(0, str(Path(__file__).parent))
 
