@@ -40,11 +40,21 @@ def test_seed_reproduces_and_seeds_differ(llm: Any):
     assert run(8) != first, "different seeds gave the same 24 tokens"
 
 
+def _batch(llm: Any, prompt: str, params: list[dict[str, Any]]) -> list[Any]:
+    """One request per entry of ``params``, in one batch: decoding on these
+    machines costs a read of every weight per step, whatever the batch."""
+    from vllm import SamplingParams
+
+    outs = llm.generate([prompt] * len(params), [SamplingParams(**p) for p in params])
+    return [o.outputs[0] for o in outs]
+
+
 @pytest.mark.feature("sampling.temperature")
 def test_temperature_departs_from_greedy(llm: Any, greedy: list[int]):
-    outs = [_ids(llm, temperature=1.5, seed=s, max_tokens=32, ignore_eos=True)[0]
-            for s in range(3)]
-    assert any(o != greedy for o in outs), "temperature 1.5 reproduced greedy three times"
+    outs = _batch(llm, PROMPT, [dict(temperature=1.5, seed=s, max_tokens=32, ignore_eos=True)
+                                for s in range(3)])
+    assert any(list(o.token_ids) != greedy for o in outs), (
+        "temperature 1.5 reproduced greedy three times")
 
 
 @pytest.mark.feature("sampling.top_k")
@@ -71,13 +81,23 @@ def test_min_p(llm: Any, greedy: list[int]):
     assert got == greedy, "min_p=1 is not greedy"
 
 
+PENALTIES = {"repetition": {"repetition_penalty": 1.8}, "frequency": {"frequency_penalty": 1.5},
+             "presence": {"presence_penalty": 1.5}}
+
+
+@pytest.fixture(scope="module")
+def penalized(llm: Any) -> dict[str, list[int]]:
+    """60 greedy tokens without a penalty and with each, side by side in one batch."""
+    cases = {"none": {}, **PENALTIES}
+    outs = _batch(llm, PROMPT, [dict(temperature=0, max_tokens=60, ignore_eos=True, **p)
+                                for p in cases.values()])
+    return {name: list(o.token_ids) for name, o in zip(cases, outs, strict=True)}
+
+
 @pytest.mark.feature("sampling.penalties")
-@pytest.mark.parametrize("penalty", [
-    {"repetition_penalty": 1.8}, {"frequency_penalty": 1.5}, {"presence_penalty": 1.5},
-], ids=["repetition", "frequency", "presence"])
-def test_penalties_reduce_repetition(llm: Any, penalty: dict[str, float]):
-    base = _ids(llm, temperature=0, max_tokens=60, ignore_eos=True)[0]
-    pen = _ids(llm, temperature=0, max_tokens=60, ignore_eos=True, **penalty)[0]
+@pytest.mark.parametrize("name", PENALTIES)
+def test_penalties_reduce_repetition(penalized: dict[str, list[int]], name: str):
+    base, pen, penalty = penalized["none"], penalized[name], PENALTIES[name]
     assert pen != base, f"{penalty} changed nothing"
     assert _repetition(pen) < _repetition(base), f"{penalty} did not reduce repetition"
 
@@ -104,17 +124,11 @@ def test_stop_string_and_token(llm: Any, greedy: list[int]):
 
 @pytest.mark.feature("sampling.min_tokens")
 def test_min_tokens_and_ignore_eos(llm: Any):
-    from vllm import SamplingParams
-
-    def one(**params: Any) -> Any:
-        return llm.generate([CHAT], SamplingParams(temperature=0, max_tokens=50,
-                                                   **params))[0].outputs[0]
-
-    short = one()
+    short, held, full = _batch(llm, CHAT, [dict(temperature=0, max_tokens=50, **p) for p in (
+        {}, {"min_tokens": 25}, {"ignore_eos": True})])
     assert short.finish_reason == "stop" and len(short.token_ids) < 20, (
         "the reference answer should end early on EOS")
-    assert len(one(min_tokens=25).token_ids) >= 25, "min_tokens=25 ended earlier"
-    full = one(ignore_eos=True)
+    assert len(held.token_ids) >= 25, "min_tokens=25 ended earlier"
     assert len(full.token_ids) == 50 and full.finish_reason == "length", "ignore_eos stopped"
 
 
