@@ -7,6 +7,7 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ROOT"
+fill_wheelhouse
 
 export VLLM_HARNESS_RESULTS=${VLLM_HARNESS_RESULTS:-$ROOT/.harness-results}
 if [ "$#" -gt 0 ]; then
