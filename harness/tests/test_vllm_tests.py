@@ -21,6 +21,7 @@ from vllm_harness.vllm_tests import (
     engine_kwargs,
     find_sdist_url,
     group_cell,
+    group_of,
     merge_phases,
     read_outcomes,
     substitute,
@@ -90,6 +91,66 @@ def test_read_outcomes_groups_phases_by_test(tmp_path: Path) -> None:
     assert read_outcomes(tmp_path / "missing.jsonl") == []
 
 
+def test_group_of_matches_tests_and_the_files_that_hold_them() -> None:
+    groups = list(GROUPS)
+    assert group_of("tests/v1/sample/test_sampler.py::test_x[cpu-1]", groups) == "vllm.sampler"
+    assert group_of("tests/entrypoints/llm/test_chat.py::test_chat", groups) == "vllm.llm_chat"
+    # a collection error is reported on the file
+    assert group_of("tests/entrypoints/llm/test_chat.py", groups) == "vllm.llm_chat"
+    assert group_of("tests/v1/engine/test_llm_engine.py::test_parallel_sampling[True]",
+                    groups) == "vllm.parallel_sampling"
+    assert group_of("tests/v1/engine/test_llm_engine.py::test_parallel_sampling[False]",
+                    groups) is None
+    assert group_of("tests/entrypoints/llm/test_chat.py::test_chat_extra_kwargs",
+                    groups) is None
+    assert group_of("tests/v1/sample/test_sampler.py", ["vllm.llm_chat"]) is None
+
+
+def _phases(nodeid: str, *outcomes: str, duration: float = 1.0) -> list[dict[str, object]]:
+    records: list[dict[str, object]] = [{"nodeid": nodeid, "when": "start"}]
+    for when, outcome in zip(("setup", "call", "teardown"), outcomes, strict=False):
+        records.append({"nodeid": nodeid, "when": when, "outcome": outcome,
+                        "message": "E" if outcome != "passed" else "", "duration": duration})
+    return records
+
+
+SAMPLER = "tests/v1/sample/test_sampler.py::test_a"
+CHAT = "tests/entrypoints/llm/test_chat.py::test_chat"
+BOS = "tests/entrypoints/llm/test_chat.py::test_llm_chat_tokenization_no_double_bos"
+
+
+def test_split_runs_gives_each_group_its_outcomes_and_time() -> None:
+    records = (_phases(SAMPLER, "passed", "passed", "passed", duration=2.0)
+               + _phases(CHAT, "passed", "refused", "passed", duration=5.0))
+    runs = vllm_tests.split_runs(records, ["vllm.sampler", "vllm.llm_chat"], 1, "", 60)
+    assert runs["vllm.sampler"].outcomes == [Outcome(SAMPLER, "passed")]
+    assert runs["vllm.sampler"].seconds == 6.0
+    assert runs["vllm.llm_chat"].outcomes == [Outcome(CHAT, "refused", f"{CHAT} (call): E")]
+    assert runs["vllm.llm_chat"].seconds == 15.0
+
+
+def test_split_runs_blames_the_unfinished_test_and_the_groups_never_run() -> None:
+    groups = ["vllm.sampler", "vllm.llm_chat", "vllm.parallel_sampling"]
+    # pytest died (code -11) inside the chat group's second test
+    records = (_phases(SAMPLER, "passed", "passed", "passed")
+               + _phases(CHAT, "passed", "passed", "passed") + _phases(BOS, "passed"))
+    runs = vllm_tests.split_runs(records, groups, -11, "Fatal Python error", 60)
+    assert runs["vllm.sampler"].outcomes == [Outcome(SAMPLER, "passed")]
+    chat = runs["vllm.llm_chat"].outcomes
+    assert chat[0] == Outcome(CHAT, "passed")
+    assert chat[1].nodeid == BOS and chat[1].outcome == "failed"
+    assert "exited with -11" in chat[1].message and "Fatal Python error" in chat[1].message
+    never = runs["vllm.parallel_sampling"].outcomes
+    assert [o.outcome for o in never] == ["failed"] and "exited with -11" in never[0].message
+    # a stopped run says so
+    stopped = vllm_tests.split_runs(records, groups, None, "", 4500)
+    assert "timed out after 4500 s" in stopped["vllm.llm_chat"].outcomes[1].message
+    # a clean exit with nothing from a group is a failure of that group, not a pass
+    clean = vllm_tests.split_runs(records[:4], groups, 0, "no tests ran", 60)
+    assert clean["vllm.sampler"].outcomes == [Outcome(SAMPLER, "passed")]
+    assert clean["vllm.llm_chat"].outcomes[0].outcome == "failed"
+
+
 def test_group_cell_judges_by_claim() -> None:
     outcomes = [Outcome("x", "passed"), Outcome("y", "skipped", "y: reason"),
                 Outcome("z", "failed", "z (call): AssertionError: assert 1 == 5")]
@@ -152,8 +213,9 @@ def test_run_writes_one_cell_per_group(tmp_path: Path,
                 "vllm.llm_chat": [Outcome("c", "refused", "c (call): ValueError: no chat")]}
     monkeypatch.setattr(vllm_tests, "tests_root", lambda: tmp_path)
     monkeypatch.setattr("vllm_harness.models.prepare", lambda *a, **k: tmp_path)
-    monkeypatch.setattr(vllm_tests, "run_group",
-                        lambda profile, group, root, model, log: outcomes[group])
+    monkeypatch.setattr(vllm_tests, "run_groups",
+                        lambda profile, groups, root, model, log: {
+                            g: vllm_tests.GroupRun(outcomes[g], 1.0) for g in groups})
     assert vllm_tests.run(profile, tmp_path, ["vllm.sampler", "vllm.llm_chat"])
     results = Results.read(tmp_path / "fake.vllm-tests.json")
     assert results.package == "vllm-fake" and results.hardware == "emulated"

@@ -83,7 +83,8 @@ VLLM_VERSION = "0.32.0"
 SDIST = f"vllm-{VLLM_VERSION}.tar.gz"
 #: Bumped when the extraction changes, so stale copies are redone.
 EXTRACT_RECIPE = 1
-#: A group that takes longer than this is stopped and judged failed (a hang).
+#: A test that takes longer than this is stopped and judged failed (a hang); the
+#: run as a whole gets this much per group.
 GROUP_TIMEOUT = 900
 
 # The plugin's settings, passed from run() to the pytest subprocess.
@@ -313,15 +314,78 @@ def merge_phases(nodeid: str, phases: list[dict[str, str]]) -> Outcome:
     return Outcome(nodeid, "passed")
 
 
-def read_outcomes(path: Path) -> list[Outcome]:
-    """The outcomes the plugin wrote, one JSON object per report line."""
-    phases: dict[str, list[dict[str, str]]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                phases.setdefault(record["nodeid"], []).append(record)
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """What the plugin wrote, one JSON object per line: a test's start, then its phases."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def outcomes_of(records: list[dict[str, Any]]) -> list[Outcome]:
+    """One outcome per test from its phase records, in the order the tests ran."""
+    phases: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["when"] != "start":
+            phases.setdefault(record["nodeid"], []).append(record)
     return [merge_phases(nodeid, recs) for nodeid, recs in phases.items()]
+
+
+def read_outcomes(path: Path) -> list[Outcome]:
+    """The outcomes the plugin wrote to ``path``."""
+    return outcomes_of(read_records(path))
+
+
+def group_of(nodeid: str, groups: list[str]) -> str | None:
+    """The group a record belongs to: a test under one of its node ids, or a file
+    (a collection error) that holds one of them."""
+    for group in groups:
+        for test in GROUPS[group].tests:
+            if (nodeid == test or nodeid.startswith((f"{test}::", f"{test}["))
+                    or test.startswith(f"{nodeid}::")):
+                return group
+    return None
+
+
+@dataclass
+class GroupRun:
+    outcomes: list[Outcome]
+    seconds: float  # its tests' setup, call and teardown, engines included
+
+
+def split_runs(records: list[dict[str, Any]], groups: list[str], code: int | None,
+               out: str, timeout: float) -> dict[str, GroupRun]:
+    """Each group's outcomes from one pytest run of all of them.
+
+    When pytest died or was stopped, the test that started and never finished
+    fails with the reason, and so does every group that reported nothing; the
+    groups that finished before keep their verdicts.
+    """
+    by_group: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
+    for record in records:
+        group = group_of(record["nodeid"], groups)
+        if group is not None:
+            by_group[group].append(record)
+    if code is None:
+        reason = f"timed out after {timeout:.0f} s"
+    elif code not in (0, 1):
+        reason = f"pytest exited with {code}: {_tail(out)}"
+    else:
+        reason = "no test of the group reported (collected none?): " + _tail(out)
+    unfinished = None
+    if code not in (0, 1):
+        started = [r["nodeid"] for r in records if r["when"] == "start"]
+        finished = {r["nodeid"] for r in records if r["when"] == "teardown"}
+        unfinished = next((n for n in reversed(started) if n not in finished), None)
+    runs = {}
+    for group, recs in by_group.items():
+        outcomes = outcomes_of(recs)
+        if unfinished is not None and group_of(unfinished, [group]):
+            outcomes = [o for o in outcomes if o.nodeid != unfinished]
+            outcomes.append(Outcome(unfinished, "failed", f"{unfinished}: {reason}"))
+        elif not outcomes:
+            outcomes.append(Outcome(f"{group} (pytest run)", "failed", reason))
+        runs[group] = GroupRun(outcomes, sum(r.get("duration", 0.0) for r in recs))
+    return runs
 
 
 def group_cell(outcomes: list[Outcome], claimed: bool) -> Cell:
@@ -355,12 +419,15 @@ def _run_pytest(cmd: list[str], cwd: Path, env: dict[str, str],
     return proc.returncode, out
 
 
-def run_group(profile: Profile, group: str, root: Path, model: str,
-              timeout: float = GROUP_TIMEOUT, log: Path | None = None) -> list[Outcome]:
-    """Run one group's tests in a subprocess with the profile's environment.
+def run_groups(profile: Profile, groups: list[str], root: Path, model: str,
+               log: Path | None = None) -> dict[str, GroupRun]:
+    """Run the groups' tests in one pytest subprocess with the profile's environment.
 
-    pytest's output goes to ``log`` when given, for the failures' full tracebacks.
+    One process for all: each pytest start imports vLLM and its test modules
+    (13 s on two idle cores, twice that beside the suites). pytest's output goes
+    to ``log`` when given, for the failures' full tracebacks.
     """
+    timeout = GROUP_TIMEOUT * len(groups)
     with tempfile.TemporaryDirectory(prefix="vllm-tests-") as tmp:
         outcomes_file = Path(tmp) / "outcomes.jsonl"
         env = {
@@ -374,23 +441,19 @@ def run_group(profile: Profile, group: str, root: Path, model: str,
             ENV_DTYPES: json.dumps(profile.dtypes),
             ENV_OUTCOMES: str(outcomes_file),
         }
+        tests = [t for group in groups for t in GROUPS[group].tests]
+        # A file that does not import fails its own group, not the whole run.
         cmd = [sys.executable, "-m", "pytest", "-p", "vllm_harness.vllm_tests",
                "--noconftest", "-p", "no:cacheprovider", "--rootdir", str(root),
                "-c", str(root / "pytest.ini"), "-q", "-rN", "--color=no",
-               "-W", "ignore::pytest.PytestUnknownMarkWarning", *GROUPS[group].tests]
+               "--continue-on-collection-errors", "-o", f"timeout={GROUP_TIMEOUT}",
+               "-W", "ignore::pytest.PytestUnknownMarkWarning", *tests]
         code, out = _run_pytest(cmd, root, env, timeout)
-        outcomes = read_outcomes(outcomes_file)
+        records = read_records(outcomes_file)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(out)
-    # No test reported (collection or start-up crash), or pytest died mid-run.
-    if code is None:
-        outcomes.append(Outcome(f"{group} (pytest run)", "failed",
-                                f"timed out after {timeout:.0f} s"))
-    elif not outcomes or code not in (0, 1):
-        outcomes.append(Outcome(f"{group} (pytest run)", "failed",
-                                f"pytest exited with {code}: {_tail(out)}"))
-    return outcomes
+    return split_runs(records, groups, code, out, timeout)
 
 
 def results_path(profile: Profile, results_dir: Path) -> Path:
@@ -414,10 +477,11 @@ def run(profile: Profile, results_dir: Path, groups: list[str] | None = None) ->
                       profile=profile.name, package=profile.package,
                       version=profile.version, hardware=profile.hardware)
     ok = True
+    start = time.monotonic()
+    log = results_dir / "logs" / f"{profile.file_stem}.vllm-tests.log"
+    runs = run_groups(profile, groups, root, model, log=log)
     for group in groups:
-        start = time.monotonic()
-        log = results_dir / "logs" / f"{profile.file_stem}.{group}.log"
-        outcomes = run_group(profile, group, root, model, log=log)
+        outcomes = runs[group].outcomes
         claimed = profile.claims_feature(group)
         cell = group_cell(outcomes, claimed)
         results.add(group, cell)
@@ -426,11 +490,12 @@ def run(profile: Profile, results_dir: Path, groups: list[str] | None = None) ->
                   for k in ("passed", "failed", "refused", "skipped")}
         summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
         print(f"{profile.column} {group}: {cell.status} ({summary}) in "
-              f"{time.monotonic() - start:.0f} s"
+              f"{runs[group].seconds:.0f} s"
               + (f"\n    {cell.detail}" if cell.detail else ""), flush=True)
     path = results_path(profile, results_dir)
     results.write(path)
-    print(f"wrote {path}")
+    print(f"wrote {path}: {len(groups)} group(s) in one pytest run of "
+          f"{time.monotonic() - start:.0f} s; its output is in {log}")
     return ok
 
 
@@ -489,10 +554,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason=MODEL_SKIPS[item.nodeid]))
 
 
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
-    """Records each phase's outcome; refusals need the exception, not its text."""
+def _record(record: dict[str, Any]) -> None:
     path = os.environ.get(ENV_OUTCOMES)
-    if not path:
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """Marks a test as started: if pytest dies, the test it died in is known."""
+    _record({"nodeid": nodeid, "when": "start"})
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """Records each phase's outcome and time; refusals need the exception, not its text."""
+    if not os.environ.get(ENV_OUTCOMES):
         return
     if call.excinfo is None:
         outcome, message = "passed", ""
@@ -502,22 +578,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         exc = call.excinfo.value
         outcome = "refused" if _is_refusal(exc) else "failed"
         message = call.excinfo.exconly().strip()[:500] + _raised_in(call.excinfo)
-    if outcome == "passed" and call.when != "call":
-        return
-    record = {"nodeid": item.nodeid, "when": call.when, "outcome": outcome, "message": message}
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    _record({"nodeid": item.nodeid, "when": call.when, "outcome": outcome,
+             "message": message, "duration": call.duration})
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
     """A file that does not import is a failed test of its group, not a silent gap."""
-    path = os.environ.get(ENV_OUTCOMES)
-    if path and report.failed:
-        message = _tail(str(report.longrepr), 3)
-        record = {"nodeid": report.nodeid, "when": "collect", "outcome": "failed",
-                  "message": message}
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    if report.failed:
+        _record({"nodeid": report.nodeid, "when": "collect", "outcome": "failed",
+                 "message": _tail(str(report.longrepr), 3)})
 
 
 class VllmRunner:
