@@ -22,5 +22,10 @@ else
     envs+=(harness)
 fi
 envs=$(IFS=,; echo "lint,${envs[*]}")
+# Installing is one core's work (unpacking torch, vLLM and their dependencies),
+# so the environments are built two at a time first; the tests then run one
+# environment after another, each on both cores.
+step "building the tox environments $envs, two at a time"
+tox run-parallel --parallel 2 --notest -e "$envs"
 step "tox -e $envs"
 tox run -e "$envs"
