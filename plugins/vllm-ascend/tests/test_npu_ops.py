@@ -467,10 +467,12 @@ def check_npu_quant_matmul() -> None:
     close(out.float(), expected.to(torch.bfloat16).float(), 1e-2)
     same_meta(out, meta_of("npu_quant_matmul", x1, x2, scale, pertoken_scale=per_token,
                            bias=fbias, output_dtype=torch.bfloat16))
-    # int8 out (the default): requantized with the offset, rounded and saturated
-    q = npu_ops.npu_quant_matmul(x1, x2, torch.tensor([0.01]), offset=torch.tensor([3.0]))
+    # int8 out (the default): requantized with the offset, rounded and saturated.
+    # A scale of 1/256 is exact in float32 and here, so a sum ending in 128/256 is a
+    # true tie (0.01 would be 0.0099999998 in float32: a tie here, not there).
+    q = npu_ops.npu_quant_matmul(x1, x2, torch.tensor([1 / 256]), offset=torch.tensor([3.0]))
     assert q.dtype == torch.int8
-    assert q.tolist() == [[max(-128, min(127, _round_half_even(acc[i][j] * 0.01 + 3)))
+    assert q.tolist() == [[max(-128, min(127, _round_half_even(acc[i][j] / 256 + 3)))
                            for j in range(n)] for i in range(m)]
     with pytest.raises(ValueError, match="do not multiply"):
         npu_ops.npu_quant_matmul(x1, x2[:-1], scale)
