@@ -145,6 +145,12 @@ def test_split_runs_blames_the_unfinished_test_and_the_groups_never_run() -> Non
     # a stopped run says so
     stopped = vllm_tests.split_runs(records, groups, None, "", 4500)
     assert "timed out after 4500 s" in stopped["vllm.llm_chat"].outcomes[1].message
+    # dying between tests (after the sampler's last teardown) fails the group that ran last
+    between = vllm_tests.split_runs(records[:4], groups, -11, "Fatal Python error", 60)
+    assert between["vllm.sampler"].outcomes[0] == Outcome(SAMPLER, "passed")
+    assert [o.nodeid for o in between["vllm.sampler"].outcomes[1:]] == \
+        ["vllm.sampler (pytest run)"]
+    assert "exited with -11" in between["vllm.sampler"].outcomes[1].message
     # a clean exit with nothing from a group is a failure of that group, not a pass
     clean = vllm_tests.split_runs(records[:4], groups, 0, "no tests ran", 60)
     assert clean["vllm.sampler"].outcomes == [Outcome(SAMPLER, "passed")]

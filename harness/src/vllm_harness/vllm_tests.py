@@ -357,8 +357,9 @@ def split_runs(records: list[dict[str, Any]], groups: list[str], code: int | Non
     """Each group's outcomes from one pytest run of all of them.
 
     When pytest died or was stopped, the test that started and never finished
-    fails with the reason, and so does every group that reported nothing; the
-    groups that finished before keep their verdicts.
+    fails with the reason (or, when it died between tests, the group that ran
+    last), and so does every group that reported nothing; the groups that
+    finished before keep their verdicts.
     """
     by_group: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
     for record in records:
@@ -371,18 +372,20 @@ def split_runs(records: list[dict[str, Any]], groups: list[str], code: int | Non
         reason = f"pytest exited with {code}: {_tail(out)}"
     else:
         reason = "no test of the group reported (collected none?): " + _tail(out)
-    unfinished = None
+    unfinished = last_group = None
     if code not in (0, 1):
         started = [r["nodeid"] for r in records if r["when"] == "start"]
         finished = {r["nodeid"] for r in records if r["when"] == "teardown"}
         unfinished = next((n for n in reversed(started) if n not in finished), None)
+        if unfinished is None and records:
+            last_group = group_of(records[-1]["nodeid"], groups)
     runs = {}
     for group, recs in by_group.items():
         outcomes = outcomes_of(recs)
         if unfinished is not None and group_of(unfinished, [group]):
             outcomes = [o for o in outcomes if o.nodeid != unfinished]
             outcomes.append(Outcome(unfinished, "failed", f"{unfinished}: {reason}"))
-        elif not outcomes:
+        elif not outcomes or group == last_group:
             outcomes.append(Outcome(f"{group} (pytest run)", "failed", reason))
         runs[group] = GroupRun(outcomes, sum(r.get("duration", 0.0) for r in recs))
     return runs
