@@ -18,8 +18,16 @@ host synchronisation:
 
 Tensor parallelism shards each expert's intermediate dimension (vLLM's
 default for MoE); the runner all-reduces the partial sums, as for any MoE
-layer. Expert parallelism and routing variants the kernels above do not
-express are refused when the model is built, with what is missing.
+layer. Expert parallelism (``--enable-expert-parallel`` over the
+tensor-parallel ranks) gives each rank a contiguous range of whole experts
+instead: the routing keeps only the choices of that range
+(``active_expert_range``), the two grouped matmuls run the local experts,
+and each token's kept outputs are gathered back through the routing's
+gather index, a dropped choice adding nothing; the runner's all-reduce then
+sums the ranks' partial outputs, as with tensor parallelism. Routing variants
+the kernels above do not express, and expert placements that are not one
+contiguous range per rank, are refused when the model is built, with what is
+missing.
 """
 
 from __future__ import annotations
@@ -53,9 +61,68 @@ def unsupported_routing(layer: RoutedExperts) -> list[str]:
         f"activation {layer.activation.value} (silu runs)":
             layer.activation != MoEActivation.SILU,
         "expert biases": bool(moe.has_bias),
-        "expert parallelism": bool(moe.moe_parallel_config.use_ep),
     }
-    return [what for what, used in checks.items() if used]
+    missing = [what for what, used in checks.items() if used]
+    if layer.expert_map is not None and local_expert_range(layer.expert_map) is None:
+        missing.append(f"expert placement {layer.expert_placement_strategy!r} (each rank "
+                       "runs one contiguous range of experts: 'linear')")
+    return missing
+
+
+def local_expert_range(expert_map: torch.Tensor) -> tuple[int, int] | None:
+    """[start, end) of the global experts this rank holds, when they are one
+    contiguous range in order (vLLM's "linear" placement); None otherwise.
+
+    ``expert_map[e]`` is expert e's local index on this rank, -1 elsewhere.
+    Read once when the model is built, never inside a step.
+    """
+    local = torch.nonzero(expert_map >= 0).flatten()
+    if local.numel() == 0:
+        return None
+    start, end = int(local[0]), int(local[-1]) + 1
+    expected = torch.arange(end - start, dtype=expert_map.dtype)
+    if local.numel() != end - start or not torch.equal(expert_map[start:end].cpu(), expected):
+        return None
+    return start, end
+
+
+def routed_experts(x: torch.Tensor, router_logits: torch.Tensor, w13_kn: torch.Tensor,
+                   w2_kn: torch.Tensor, *, top_k: int, renormalize: bool, num_experts: int,
+                   expert_range: tuple[int, int] | None = None) -> torch.Tensor:
+    """One MoE layer's routed output on the NPU's MoE kernels.
+
+    ``w13_kn`` (experts, hidden, 2·intermediate) and ``w2_kn`` (experts,
+    intermediate, hidden) hold the experts of ``expert_range`` ([start, end) of
+    ``num_experts``; all of them when None). With a range, the output is this
+    rank's part: the sum over ranks is the whole layer.
+    """
+    tokens = x.shape[0]
+    weights, experts, _ = npu_ops.npu_moe_gating_top_k_softmax_v2(
+        router_logits, k=top_k, renorm=1 if renormalize else 0)
+    gather = expert_range is not None
+    expanded, rows, per_expert, _ = npu_ops.npu_moe_init_routing_v2(
+        x, experts, active_num=tokens * top_k, expert_num=num_experts,
+        expert_tokens_num_type=1, expert_tokens_num_flag=True,
+        active_expert_range=list(expert_range) if gather else [],
+        row_idx_type=0 if gather else 1)
+    (gate_up,) = npu_ops.npu_grouped_matmul(
+        [expanded], [w13_kn], group_list=per_expert, split_item=2, group_type=0,
+        group_list_type=1)
+    (down,) = npu_ops.npu_grouped_matmul(
+        [npu_ops.npu_swiglu(gate_up, dim=-1)], [w2_kn], group_list=per_expert,
+        split_item=2, group_type=0, group_list_type=1)
+    if not gather:
+        # row_idx_type=1: the scatter index, a permutation of the choices
+        return npu_ops.npu_moe_token_unpermute(down, rows, weights.to(down.dtype))
+    # row_idx_type=0: rows[t·K + j] is the expanded row of token t's j-th
+    # choice, -1 when another rank holds that expert. The kernels leave the
+    # rows past the kept ones undefined, so a dropped choice is selected
+    # away, never multiplied by zero.
+    kept = (rows >= 0).unsqueeze(-1)
+    chosen = torch.where(kept, down.index_select(0, rows.clamp(min=0).long()),
+                         down.new_zeros(()))
+    weighted = chosen.float().view(tokens, top_k, -1) * weights.float().unsqueeze(-1)
+    return weighted.sum(dim=1).to(down.dtype)
 
 
 class AscendFusedMoEMethod(UnquantizedFusedMoEMethod):
@@ -88,20 +155,13 @@ class AscendFusedMoEMethod(UnquantizedFusedMoEMethod):
         super().process_weights_after_loading(layer)
         self.w13_kn = layer.w13_weight.transpose(1, 2)
         self.w2_kn = layer.w2_weight.transpose(1, 2)
+        self.expert_range = (None if layer.expert_map is None
+                             else local_expert_range(layer.expert_map))
 
     def apply_monolithic(self, layer: RoutedExperts, x: torch.Tensor,
                          router_logits: torch.Tensor,
                          input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        tokens, top_k = x.shape[0], layer.top_k
-        weights, experts, _ = npu_ops.npu_moe_gating_top_k_softmax_v2(
-            router_logits, k=top_k, renorm=1 if layer.renormalize else 0)
-        expanded, source_rows, per_expert, _ = npu_ops.npu_moe_init_routing_v2(
-            x, experts, active_num=tokens * top_k, expert_num=layer.global_num_experts,
-            expert_tokens_num_type=1, expert_tokens_num_flag=True, row_idx_type=1)
-        (gate_up,) = npu_ops.npu_grouped_matmul(
-            [expanded], [self.w13_kn], group_list=per_expert, split_item=2, group_type=0,
-            group_list_type=1)
-        (down,) = npu_ops.npu_grouped_matmul(
-            [npu_ops.npu_swiglu(gate_up, dim=-1)], [self.w2_kn], group_list=per_expert,
-            split_item=2, group_type=0, group_list_type=1)
-        return npu_ops.npu_moe_token_unpermute(down, source_rows, weights.to(down.dtype))
+        return routed_experts(x, router_logits, self.w13_kn, self.w2_kn, top_k=layer.top_k,
+                              renormalize=layer.renormalize,
+                              num_experts=layer.global_num_experts,
+                              expert_range=self.expert_range)

@@ -225,10 +225,15 @@ class NPUPlatform(Platform):
             cls._check_modelslim_checkpoint(vllm_config.model_config)
         parallel = vllm_config.parallel_config
         model = vllm_config.model_config
-        if parallel.enable_expert_parallel and model is not None and model.is_moe:
+        if (parallel.enable_expert_parallel and model is not None and model.is_moe
+                and parallel.data_parallel_size > 1):
+            # Across data-parallel ranks each rank's tokens would have to be sent
+            # to the experts' ranks (vLLM's all2all managers): not implemented.
             raise NotImplementedError(
-                "vllm-ascend runs MoE layers with their experts split by tensor parallelism; "
-                "expert parallelism (--enable-expert-parallel) is not supported yet")
+                "vllm-ascend runs expert parallelism across the tensor-parallel ranks of one "
+                "data-parallel rank; with --data-parallel-size "
+                f"{parallel.data_parallel_size} it would need an all-to-all token dispatch, "
+                "which is not supported yet")
         if parallel.worker_cls == "auto":
             parallel.worker_cls = ("vllm_ascend.worker.EmulatedNPUWorker" if cls.emulated
                                    else "vllm_ascend.worker.NPUWorker")
