@@ -64,7 +64,7 @@ _FEATURES = [
     Feature("robustness.unservable", "a request the platform cannot serve: 400 with a reason"),
     Feature("robustness.load", "64 concurrent streaming clients, none lost"),
     Feature("robustness.disconnect", "client disconnects mid-stream: KV blocks freed"),
-    Feature("parallel.tp2", "tensor parallel 2 equals tensor parallel 1"),
+    Feature("parallel.tp2", "tensor parallel 2: greedy ids equal transformers (fp32)"),
 ]
 
 FEATURES: dict[str, Feature] = {f.id: f for f in _FEATURES}

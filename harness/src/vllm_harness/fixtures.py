@@ -80,8 +80,8 @@ def tp2_model_dir(request: pytest.FixtureRequest) -> str:
     return str(prepare(TP2_FORM.get(model, model), quiet=True))
 
 
-@pytest.fixture(scope="session")
-def hf_model(model_dir: str) -> tuple[Any, Any]:
+def load_hf(model_dir: str) -> tuple[Any, Any]:
+    """transformers' tokenizer and float32 model of ``model_dir``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,6 +89,11 @@ def hf_model(model_dir: str) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     return tokenizer, model
+
+
+@pytest.fixture(scope="session")
+def hf_model(model_dir: str) -> tuple[Any, Any]:
+    return load_hf(model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -117,13 +122,13 @@ def _greedy_by_hand(hf_model: tuple[Any, Any]) -> list[list[int]]:
     return out
 
 
-@pytest.fixture(scope="session")
-def hf_greedy(request: pytest.FixtureRequest, model_dir: str) -> list[list[int]]:
-    """transformers' greedy continuation of every prompt, EOS ignored.
+def reference_greedy(model_dir: str, hf: Callable[[], tuple[Any, Any]]) -> list[list[int]]:
+    """transformers' greedy continuation of every prompt on ``model_dir``, EOS ignored.
 
     Computed once per machine for a given model, prompt set, transformers and
     torch, and kept in the cache: every xdist worker and every platform profile
-    compares against the same reference, and only the first pays for it.
+    compares against the same reference, and only the first pays for it
+    (``hf`` loads the model only then).
     """
     import torch
     import transformers
@@ -140,11 +145,23 @@ def hf_greedy(request: pytest.FixtureRequest, model_dir: str) -> list[list[int]]
     with FileLock(f"{path}.lock"):
         if path.is_file():
             return json.loads(path.read_text())["greedy"]
-        greedy = _greedy_by_hand(request.getfixturevalue("hf_model"))
+        greedy = _greedy_by_hand(hf())
         staging = path.with_suffix(".tmp")
         staging.write_text(json.dumps({"key": key, "greedy": greedy}))
         staging.rename(path)
     return greedy
+
+
+@pytest.fixture(scope="session")
+def hf_greedy(request: pytest.FixtureRequest, model_dir: str) -> list[list[int]]:
+    """transformers' greedy tokens on the profile's model (see :func:`reference_greedy`)."""
+    return reference_greedy(model_dir, lambda: request.getfixturevalue("hf_model"))
+
+
+@pytest.fixture(scope="session")
+def tp2_hf_greedy(tp2_model_dir: str) -> list[list[int]]:
+    """transformers' greedy tokens on the model tensor parallelism 2 runs."""
+    return reference_greedy(tp2_model_dir, lambda: load_hf(tp2_model_dir))
 
 
 def engine_kwargs(profile: Profile, **overrides: Any) -> dict[str, Any]:
