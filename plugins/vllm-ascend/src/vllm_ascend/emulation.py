@@ -360,9 +360,10 @@ def npu_fused_infer_attention_score(
         last = (kv_lens - q_lens)[:, None] + rows[None, :]
         visible = visible & (torch.arange(span)[None, None, :] <= last[:, :, None])
     group = num_heads // kv_heads
-    q = query.float()[q_index]  # [batch, longest, heads, d]
-    k = k_flat.float()[kv_index]  # [batch, span, kv_heads, d]
-    v = v_flat.float()[kv_index]
+    # gathered before the cast: a 16-bit cache cast whole costs a copy of all of it
+    q = query[q_index].float()  # [batch, longest, heads, d]
+    k = k_flat[kv_index].float()  # [batch, span, kv_heads, d]
+    v = v_flat[kv_index].float()
     k = k.repeat_interleave(group, dim=2)
     v = v.repeat_interleave(group, dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
