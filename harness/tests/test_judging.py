@@ -89,6 +89,20 @@ def test_profiles_merge_over_the_base():
     assert static.process_env() == {"VLLM_PLUGINS": "p"}
 
 
+def test_model_from_names_a_function_and_its_arguments():
+    data = dict(BASE, profiles={
+        "plain": {},
+        "short": {"engine": {"model_from": "pkg.tool:write"}},
+        "table": {"engine": {"model_from": {"call": "pkg.tool:write",
+                                            "args": {"scheme": "W8A8"}}}},
+    })
+    plain, short, table = parse(data, "p", "vllm-p", "1.0", "test")
+    assert (plain.model_from, plain.model_name) == ("", "full")
+    assert (short.model_from, short.model_from_args) == ("pkg.tool:write", {})
+    assert (table.model_from_args, table.model_name) == ({"scheme": "W8A8"},
+                                                         "full via pkg.tool:write")
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"schema": 2}, "schema = 1 expected"),
     ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
@@ -96,6 +110,9 @@ def test_profiles_merge_over_the_base():
     ({"platform": dict(BASE["platform"], hardware="npu")}, "hardware must be one of"),
     ({"engine": {"blocksize": 16}}, r"\[engine\]: unknown key"),
     ({"engine": {"model": "gpt-5"}}, r"model: 'gpt-5' is not a harness model"),
+    ({"engine": {"model_from": "pkg.tool"}}, r"model_from: 'pkg.tool' is not \"module:function"),
+    ({"engine": {"model_from": {"call": "pkg:f", "kwargs": {}}}}, r"unknown key\(s\) \['kwargs'\]"),
+    ({"engine": {"model_from": {"call": "pkg:f", "args": {"n": 1}}}}, "must be a table of strings"),
     ({"profiles": {"m": {"suites": ["speed"]}}}, r"unknown suite\(s\) \['speed'\]"),
     ({"profiles": {"m": {"suites": ["server"]}}},
      r"claims \['correctness.greedy_fp32', 'registration.default', 'registration.entry_point', "

@@ -32,7 +32,7 @@ def _profiles(names: list[str] | None) -> list[declaration.Profile]:
 def _list(args: argparse.Namespace) -> int:
     for p in _profiles(args.platform):
         print(f"{p.column:<24} {p.package} {p.version}  {p.hardware}  "
-              f"class {p.platform_class}  model {p.model}  claims {len(p.claims)}  "
+              f"class {p.platform_class}  model {p.model_name}  claims {len(p.claims)}  "
               f"active by default: {p.active_by_default}")
     return 0
 
@@ -50,9 +50,9 @@ def _vllm_tests(args: argparse.Namespace) -> int:
     groups = args.groups.split(",") if args.groups else None
     ok = True
     for profile in _profiles(args.platform):
-        if profile.model != "full":
+        if profile.model_name != "full":
             print(f"{profile.column}: vLLM's tests run on the default model only; this "
-                  f"profile runs the {profile.model!r} model, so they are not run here")
+                  f"profile runs {profile.model_name!r}, so they are not run here")
             continue
         ok &= vllm_tests.run(profile, _results_dir(args.results), groups)
     return 0 if ok else 1

@@ -30,7 +30,7 @@ HARDWARE = ("real", "emulated")
 _TOP_KEYS = {"schema", "platform", "engine", "features", "profiles"}
 _PLATFORM_KEYS = {"class", "hardware", "active_by_default", "activation_log", "select_env",
                   "deselect_env"}
-_ENGINE_KEYS = {"model", "dtypes", "block_size", "max_model_len", "env", "args",
+_ENGINE_KEYS = {"model", "model_from", "dtypes", "block_size", "max_model_len", "env", "args",
                 "server_args", "unservable_request"}
 _FEATURE_KEYS = {"claims", "not_observable"}
 
@@ -64,6 +64,10 @@ class Profile:
     not_observable: dict[str, str] = field(default_factory=dict)
     #: the harness model variant the suites run (``vllm_harness.models.VARIANTS``)
     model: str = "full"
+    #: ``module:function`` that writes the checkpoint the suites run from ``model``
+    #: (:func:`vllm_harness.models.derive`), with its keyword arguments; "" for none
+    model_from: str = ""
+    model_from_args: dict[str, str] = field(default_factory=dict)
     #: the suites this profile runs (all by default)
     suites: list[str] = field(default_factory=lambda: list(SUITES))
 
@@ -75,6 +79,11 @@ class Profile:
     def file_stem(self) -> str:
         """The column as a file name: results and logs of this profile start with it."""
         return self.column.replace("/", "__")
+
+    @property
+    def model_name(self) -> str:
+        """The model as people read it: the harness variant, and what derives from it."""
+        return f"{self.model} via {self.model_from}" if self.model_from else self.model
 
     def engine_args(self) -> dict[str, Any]:
         """The ``vllm.LLM`` keyword arguments the declaration sets for every engine."""
@@ -112,6 +121,19 @@ def _str_dict(value: Any, where: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise DeclarationError(f"{where} must be a table of strings")
     return dict(value)
+
+
+def _model_from(value: Any, where: str) -> tuple[str, dict[str, str]]:
+    """``"module:function"`` or ``{ call = "module:function", args = {...} }``."""
+    if isinstance(value, dict):
+        _check_keys(value, {"call", "args"}, where)
+        call, args = value.get("call"), _str_dict(value.get("args", {}), f"{where} args")
+    else:
+        call, args = value, {}
+    module, _, function = call.partition(":") if isinstance(call, str) else ("", "", "")
+    if not (module and function.isidentifier()):
+        raise DeclarationError(f"{where}: {call!r} is not \"module:function\"")
+    return call, args
 
 
 def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
@@ -167,6 +189,9 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
         if model not in VARIANTS:
             raise DeclarationError(f"{where} [engine] model: {model!r} is not a harness model; "
                                    f"use one of {', '.join(sorted(VARIANTS))}")
+        model_from, model_from_args = (
+            _model_from(engine["model_from"], f"{where} [engine] model_from")
+            if "model_from" in engine else ("", {}))
         out.append(Profile(
             entry_point=entry_point, name=name, package=package, version=version,
             platform_class=platform["class"],
@@ -185,6 +210,8 @@ def parse(data: dict[str, Any], entry_point: str, package: str, version: str,
             claims=claims,
             not_observable=not_observable,
             model=model,
+            model_from=model_from,
+            model_from_args=model_from_args,
             suites=[name for name in SUITES if name in suites],
         ))
         if out[-1].hardware not in HARDWARE:

@@ -36,6 +36,8 @@ _FEATURES = [
     Feature("correctness.logprobs", "sample and prompt logprobs close to transformers"),
     Feature("correctness.bf16", "bfloat16 top-1 agrees with fp32 (teacher forced)"),
     Feature("correctness.fp16", "float16 top-1 agrees with fp32 (teacher forced)"),
+    Feature("correctness.derived", "a checkpoint the plugin writes (e.g. W8A8): top-1 agrees "
+            "with its fp32 source (teacher forced)"),
     Feature("sampling.seed", "seeded sampling reproduces; seeds differ"),
     Feature("sampling.temperature", "temperature departs from greedy"),
     Feature("sampling.top_k", "top_k"),

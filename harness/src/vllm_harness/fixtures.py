@@ -45,21 +45,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _declared_model(request: pytest.FixtureRequest) -> str:
-    """The model variant of the profile under test; the default model where no
-    profile is (a plugin's own tests that borrow these fixtures)."""
+def _declared_profile(request: pytest.FixtureRequest) -> Profile | None:
+    """The profile under test; None where no profile is (a plugin's own tests
+    that borrow these fixtures run the default model)."""
     try:
-        return request.getfixturevalue("profile").model
+        return request.getfixturevalue("profile")
     except pytest.FixtureLookupError:
-        return "full"
+        return None
+
+
+def _derived_if_declared(request: pytest.FixtureRequest, source: Path) -> str:
+    """``source``, or the checkpoint the profile derives from it (``[engine] model_from``)."""
+    from vllm_harness.models import derive
+
+    profile = _declared_profile(request)
+    if profile is None or not profile.model_from:
+        return str(source)
+    return str(derive(source, profile.model_from, profile.model_from_args))
 
 
 @pytest.fixture(scope="session")
-def model_dir(request: pytest.FixtureRequest) -> str:
-    """The model the profile declares (``[engine] model``; the default model unless set)."""
+def source_model_dir(request: pytest.FixtureRequest) -> str:
+    """The harness model the profile declares (``[engine] model``; the default model)."""
     from vllm_harness.models import prepare
 
-    return str(prepare(_declared_model(request), quiet=True))
+    profile = _declared_profile(request)
+    return str(prepare(profile.model if profile else "full", quiet=True))
+
+
+@pytest.fixture(scope="session")
+def model_dir(request: pytest.FixtureRequest, source_model_dir: str) -> str:
+    """The model the suites run: the declared harness model, or the checkpoint the
+    plugin writes from it (``[engine] model_from``, e.g. a quantized one)."""
+    return _derived_if_declared(request, Path(source_model_dir))
 
 
 @pytest.fixture(scope="session")
@@ -73,11 +91,13 @@ def tiny_model_dir() -> str:
 @pytest.fixture(scope="session")
 def tp2_model_dir(request: pytest.FixtureRequest) -> str:
     """The profile's model in a form tensor parallelism 2 can split: the default
-    model's "tp2" variant, the MoE model's "moe-tp2" (see models.py)."""
+    model's "tp2" variant, the MoE model's "moe-tp2" (see models.py), as the
+    profile derives it if it does."""
     from vllm_harness.models import TP2_FORM, prepare
 
-    model = _declared_model(request)
-    return str(prepare(TP2_FORM.get(model, model), quiet=True))
+    profile = _declared_profile(request)
+    model = profile.model if profile else "full"
+    return _derived_if_declared(request, prepare(TP2_FORM.get(model, model), quiet=True))
 
 
 def load_hf(model_dir: str) -> tuple[Any, Any]:
@@ -156,6 +176,12 @@ def reference_greedy(model_dir: str, hf: Callable[[], tuple[Any, Any]]) -> list[
 def hf_greedy(request: pytest.FixtureRequest, model_dir: str) -> list[list[int]]:
     """transformers' greedy tokens on the profile's model (see :func:`reference_greedy`)."""
     return reference_greedy(model_dir, lambda: request.getfixturevalue("hf_model"))
+
+
+@pytest.fixture(scope="session")
+def source_hf_greedy(source_model_dir: str) -> list[list[int]]:
+    """transformers' greedy tokens on the harness model a derived checkpoint comes from."""
+    return reference_greedy(source_model_dir, lambda: load_hf(source_model_dir))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -288,24 +291,36 @@ def prepare(variant: str = "full", *, quiet: bool = False) -> Path:
         return folder
     full = prepare("full", quiet=quiet) if variant != "full" else None
     tp2 = prepare("tp2", quiet=quiet) if variant == "moe-tp2" else None
-    (root / "models").mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{MODEL_NAME}-{variant}.lock")):
+
+    def build(staging: Path) -> None:
+        if full is None:
+            with tqdm(total=5, desc="locating GGUF", disable=quiet, unit="step") as bar:
+                gguf = _find_gguf(root / "downloads")
+                bar.update()
+                _convert(gguf, staging, bar)
+                bar.set_description(f"ready: {folder}")
+        elif variant in ("moe", "moe-tp2"):
+            _build_moe(tp2 or full, staging)
+        elif variant == "moe-random":
+            _build_moe_random(full, staging)
+        else:
+            _derive(full, staging, variant)
+
+    return _build_once(folder, expected, build)
+
+
+def _build_once(folder: Path, expected: dict, build: Callable[[Path], None]) -> Path:
+    """``folder``, built by ``build(staging)`` unless its marker says ``expected``;
+    concurrent callers share one build through a file lock."""
+    if _is_prepared(folder, expected):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent.parent / f".{folder.name}.lock")):
         if _is_prepared(folder, expected):
             return folder
-        staging = Path(tempfile.mkdtemp(dir=root / "models", prefix=".staging-"))
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
         try:
-            if full is None:
-                with tqdm(total=5, desc="locating GGUF", disable=quiet, unit="step") as bar:
-                    gguf = _find_gguf(root / "downloads")
-                    bar.update()
-                    _convert(gguf, staging, bar)
-                    bar.set_description(f"ready: {folder}")
-            elif variant in ("moe", "moe-tp2"):
-                _build_moe(tp2 or full, staging)
-            elif variant == "moe-random":
-                _build_moe_random(full, staging)
-            else:
-                _derive(full, staging, variant)
+            build(staging)
             (staging / MARKER).write_text(json.dumps(expected))
             if folder.exists():
                 shutil.rmtree(folder)
@@ -314,6 +329,29 @@ def prepare(variant: str = "full", *, quiet: bool = False) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(staging)
     return folder
+
+
+def derive(source: Path, call: str, kwargs: dict[str, str] | None = None) -> Path:
+    """The checkpoint a plugin writes from a harness model (``[engine] model_from``).
+
+    ``call`` names ``module:function``, called as ``function(source, destination,
+    **kwargs)`` to write the checkpoint into the empty ``destination`` (a quantized
+    form, say, that only the plugin knows how to write). Built once per machine next
+    to the harness models and rebuilt when the source, the call, its arguments or the
+    source file of its module change.
+    """
+    kwargs = kwargs or {}
+    module_name, _, name = call.partition(":")
+    module = importlib.import_module(module_name)
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ValueError(f"model_from: {module_name} has no function {name!r}")
+    code = hashlib.sha256(Path(module.__file__ or "").read_bytes()).hexdigest()[:16]
+    expected = {"source": json.loads((source / MARKER).read_text()), "call": call,
+                "kwargs": kwargs, "module_sha256": code}
+    digest = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:8]
+    folder = source.parent / f"{source.name}--{module_name.split('.')[0]}-{digest}"
+    return _build_once(folder, expected, lambda staging: function(source, staging, **kwargs))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,6 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "feature(id): the scoreboard feature this test judges")
+    config.addinivalue_line("markers", "derived_checkpoint: runs only on profiles that "
+                            "derive the checkpoint they run ([engine] model_from)")
     column = config.getoption("--harness-platform")
     if not column:
         raise pytest.UsageError("vllm_harness.pytest_plugin needs --harness-platform")
@@ -72,6 +74,11 @@ def _feature(item: pytest.Item) -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     profile = config.stash[_PROFILE_KEY]
+    if not profile.model_from:  # no cell at all: nothing of the kind to judge
+        unrun = [i for i in items if i.get_closest_marker("derived_checkpoint")]
+        if unrun:
+            config.hook.pytest_deselected(items=unrun)
+            items[:] = [i for i in items if i not in unrun]
     for item in items:
         feature = _feature(item)
         if feature is None:
