@@ -66,5 +66,5 @@ def test_a_changed_tool_writes_the_checkpoint_again(tool: Path):
 
 
 def test_a_missing_function_is_named(tool: Path):
-    with pytest.raises(ValueError, match=r"pkg\.tool has no function 'wirte'"):
+    with pytest.raises(LookupError, match=r"pkg\.tool has no function 'wirte'"):
         derive(_source(tool), "pkg.tool:wirte")

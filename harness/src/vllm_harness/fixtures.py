@@ -64,20 +64,25 @@ def _derived_if_declared(request: pytest.FixtureRequest, source: Path) -> str:
     return str(derive(source, profile.model_from, profile.model_from_args))
 
 
-@pytest.fixture(scope="session")
-def source_model_dir(request: pytest.FixtureRequest) -> str:
-    """The harness model the profile declares (``[engine] model``; the default model)."""
+def _source_model(request: pytest.FixtureRequest) -> Path:
     from vllm_harness.models import prepare
 
     profile = _declared_profile(request)
-    return str(prepare(profile.model if profile else "full", quiet=True))
+    return prepare(profile.model if profile else "full", quiet=True)
 
 
 @pytest.fixture(scope="session")
-def model_dir(request: pytest.FixtureRequest, source_model_dir: str) -> str:
+def source_model_dir(request: pytest.FixtureRequest) -> str:
+    """The harness model the profile declares (``[engine] model``; the default model)."""
+    return str(_source_model(request))
+
+
+@pytest.fixture(scope="session")
+def model_dir(request: pytest.FixtureRequest) -> str:
     """The model the suites run: the declared harness model, or the checkpoint the
-    plugin writes from it (``[engine] model_from``, e.g. a quantized one)."""
-    return _derived_if_declared(request, Path(source_model_dir))
+    plugin writes from it (``[engine] model_from``, e.g. a quantized one). Plugins'
+    own tests import it alone, so it depends on no other fixture of this module."""
+    return _derived_if_declared(request, _source_model(request))
 
 
 @pytest.fixture(scope="session")

@@ -344,8 +344,8 @@ def derive(source: Path, call: str, kwargs: dict[str, str] | None = None) -> Pat
     module_name, _, name = call.partition(":")
     module = importlib.import_module(module_name)
     function = getattr(module, name, None)
-    if not callable(function):
-        raise ValueError(f"model_from: {module_name} has no function {name!r}")
+    if not callable(function):  # not a ValueError: the suites would read it as a refusal
+        raise LookupError(f"model_from: {module_name} has no function {name!r}")
     code = hashlib.sha256(Path(module.__file__ or "").read_bytes()).hexdigest()[:16]
     expected = {"source": json.loads((source / MARKER).read_text()), "call": call,
                 "kwargs": kwargs, "module_sha256": code}
