@@ -22,9 +22,6 @@ else
     envs+=(harness)
 fi
 envs=$(IFS=,; echo "lint,${envs[*]}")
-# Installing is one core's work (unpacking torch, vLLM and their dependencies),
-# so the environments are built two at a time first; the tests then run one
-# environment after another, each on both cores.
 # Every environment installs the harness, and two pip builds of one source tree
 # at a time collide in its build/ folder (setuptools builds in the tree): it is
 # built once here, and tox.ini installs this wheel in its place.
@@ -33,6 +30,9 @@ rm -rf "$harness_wheel_dir"
 pip wheel --quiet --no-deps --no-build-isolation -w "$harness_wheel_dir" ./harness
 VLLM_HARNESS_WHEEL=$(echo "$harness_wheel_dir"/vllm_harness-*.whl)
 export VLLM_HARNESS_WHEEL
+# Installing is one core's work (unpacking torch, vLLM and their dependencies),
+# so the environments are built two at a time first; the tests then run one
+# environment after another, each on both cores.
 step "building the tox environments $envs, two at a time"
 tox run-parallel --parallel 2 --notest -e "$envs"
 step "tox -e $envs"

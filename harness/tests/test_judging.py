@@ -98,6 +98,7 @@ def test_model_from_names_a_function_and_its_arguments():
     })
     plain, short, table = parse(data, "p", "vllm-p", "1.0", "test")
     assert (plain.model_from, plain.model_name) == ("", "full")
+    assert plain.runs_default_model and not short.runs_default_model
     assert (short.model_from, short.model_from_args) == ("pkg.tool:write", {})
     assert (table.model_from_args, table.model_name) == ({"scheme": "W8A8"},
                                                          "full via pkg.tool:write")

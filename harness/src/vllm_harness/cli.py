@@ -50,7 +50,7 @@ def _vllm_tests(args: argparse.Namespace) -> int:
     groups = args.groups.split(",") if args.groups else None
     ok = True
     for profile in _profiles(args.platform):
-        if profile.model_name != "full":
+        if not profile.runs_default_model:
             print(f"{profile.column}: vLLM's tests run on the default model only; this "
                   f"profile runs {profile.model_name!r}, so they are not run here")
             continue

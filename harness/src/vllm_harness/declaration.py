@@ -85,6 +85,11 @@ class Profile:
         """The model as people read it: the harness variant, and what derives from it."""
         return f"{self.model} via {self.model_from}" if self.model_from else self.model
 
+    @property
+    def runs_default_model(self) -> bool:
+        """The default model itself, neither another variant nor derived from it."""
+        return self.model == "full" and not self.model_from
+
     def engine_args(self) -> dict[str, Any]:
         """The ``vllm.LLM`` keyword arguments the declaration sets for every engine."""
         return {"max_model_len": self.max_model_len, "block_size": self.block_size,

@@ -54,6 +54,13 @@ def _declared_profile(request: pytest.FixtureRequest) -> Profile | None:
         return None
 
 
+def _declared_model(request: pytest.FixtureRequest) -> str:
+    """The harness model variant of the profile under test; the default model where
+    no profile is."""
+    profile = _declared_profile(request)
+    return profile.model if profile else "full"
+
+
 def _derived_if_declared(request: pytest.FixtureRequest, source: Path) -> str:
     """``source``, or the checkpoint the profile derives from it (``[engine] model_from``)."""
     from vllm_harness.models import derive
@@ -67,8 +74,7 @@ def _derived_if_declared(request: pytest.FixtureRequest, source: Path) -> str:
 def _source_model(request: pytest.FixtureRequest) -> Path:
     from vllm_harness.models import prepare
 
-    profile = _declared_profile(request)
-    return prepare(profile.model if profile else "full", quiet=True)
+    return prepare(_declared_model(request), quiet=True)
 
 
 @pytest.fixture(scope="session")
@@ -100,8 +106,7 @@ def tp2_model_dir(request: pytest.FixtureRequest) -> str:
     profile derives it if it does."""
     from vllm_harness.models import TP2_FORM, prepare
 
-    profile = _declared_profile(request)
-    model = profile.model if profile else "full"
+    model = _declared_model(request)
     return _derived_if_declared(request, prepare(TP2_FORM.get(model, model), quiet=True))
 
 

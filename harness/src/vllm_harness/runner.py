@@ -71,7 +71,7 @@ def run(profiles: list[Profile], results_dir: Path, suites: list[str] | None = N
         start = time.monotonic()
         # vLLM's tests are chosen for the default model (see vllm_tests.MODEL_SKIPS)
         beside = (_start_vllm_tests(profile, results_dir)
-                  if vllm_tests and profile.model_name == "full" else None)
+                  if vllm_tests and profile.runs_default_model else None)
         code = subprocess.call(cmd, env=env)
         print(f"== {profile.column}: pytest exit {code} in {time.monotonic() - start:.0f} s",
               flush=True)
