@@ -222,3 +222,65 @@ def test_wrapper_captures_once_and_replays_each_step_with_its_lengths():
     out = run([8, 12], CUDAGraphMode.NONE)  # an eager step runs the model
     torch.testing.assert_close(out, step.expected([8, 12]))
     assert len(calls) == 2
+
+
+# --- what a whole model step brings into a graph ---------------------------------------
+
+def test_a_conversion_under_inference_mode_is_recorded():
+    """Under inference mode ``x.long()`` reaches the recorder as ``aten.to``, an op
+    that may alias its input: here it copies, so it is a kernel of the graph."""
+    ids, table = torch.tensor([1, 2], dtype=torch.int32), torch.randn(5, 3)
+    graph = npu_graphs.new_graph()
+    with torch.inference_mode(), npu_graphs.capture(graph):
+        out = torch.nn.functional.embedding(ids.long(), table)
+        same = table.contiguous()  # already contiguous: a view, nothing to replay
+    assert [t.name for t in graph.tasks] == ["aten.to", "aten.embedding"]
+    assert same.data_ptr() == table.data_ptr()
+    ids.copy_(torch.tensor([4, 0]))
+    graph.replay()
+    torch.testing.assert_close(out, table[[4, 0]])
+
+
+def _builder():
+    from vllm.config import VllmConfig
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    from vllm_ascend.attention import AscendMetadataBuilder
+
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=KV_HEADS, head_size=HEAD,
+                             dtype=torch.float32)
+    return AscendMetadataBuilder(spec, [LAYER.layer_name], VllmConfig(), torch.device("cpu"))
+
+
+def _common(query_lens: list[int], seq_lens: list[int], slots: list[int]):
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+
+    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    return CommonAttentionMetadata(
+        query_start_loc=starts, query_start_loc_cpu=starts, seq_lens=lens,
+        seq_lens_cpu_upper_bound=lens, num_reqs=len(query_lens),
+        num_actual_tokens=len(slots), max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens), block_table_tensor=torch.zeros(len(query_lens), 4,
+                                                                  dtype=torch.int32),
+        slot_mapping=torch.tensor(slots, dtype=torch.int64))
+
+
+def test_a_padded_decode_step_reads_and_writes_the_null_block():
+    """vLLM pads a 3-request decode step to a graph of 4: the padded request has
+    no query token and no length, and its token slot -1."""
+    common = _common([1, 1, 1, 0], [9, 130, 1, 0], [300, 700, 129, -1])
+    meta = _builder().build(0, common)
+    assert meta.state is AttentionState.DECODE_ONLY  # a one-token prompt among decodes
+    assert meta.seq_lens == [9, 130, 1, 1]
+    # the padded token: its own slot (its index) in block 0, vLLM's null block
+    assert meta.slot_mapping.tolist() == [300, 700, 129, 3]
+    assert meta.slot_mapping.data_ptr() == common.slot_mapping.data_ptr()  # in place
+    # a dummy step (vLLM's warm-up and capture): every slot -1, each its own slot
+    dummy = _builder().build(0, _common([1] * 4, [1] * 4, [-1] * 4))
+    assert dummy.slot_mapping.tolist() == [0, 1, 2, 3]
+
+
+def test_padding_is_refused_outside_decode_steps():
+    with pytest.raises(RuntimeError, match="pads decode steps only"):
+        _builder().build(0, _common([3, 1, 0], [3, 9, 0], [1, 2, 3, 200, -1]))

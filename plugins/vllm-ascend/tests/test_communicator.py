@@ -1,5 +1,6 @@
 """The device communicator's collectives between two emulated workers (gloo),
-against the same sums and concatenations done by hand."""
+against the same sums and concatenations done by hand, eager and replayed from
+an emulated ACL graph."""
 
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def _collectives(rank: int, port: int, results) -> None:
         "all_to_all": comm.all_to_all(x),
         "all_to_all_uneven": comm.all_to_all(x, scatter, gather),
     }
+    # inside an emulated ACL graph: recorded as kernels, run again on each replay
+    from vllm_ascend import npu_graphs, npu_ops
+
+    npu_ops.select(emulated=True)
+    y = x.clone()
+    graph = npu_graphs.new_graph()
+    with npu_graphs.capture(graph):
+        gathered = comm.all_gather(comm.all_reduce(y * 2) + 1, dim=0)
+    results[f"graph_kernels{rank}"] = [task.name for task in graph.tasks]
+    y.copy_(x + 1000)
+    graph.replay()
+    results[f"graph{rank}"] = gathered.clone()
     try:
         comm.all_to_all(x, [3, 4], [1, 4])
     except ValueError as error:
@@ -65,6 +78,10 @@ def test_collectives_match_math():
                                    torch.cat([xs[0][3 * rank: 3 * rank + 3],
                                               xs[1][3 * rank: 3 * rank + 3]]))
         assert "scatter_sizes sum to 7" in results[f"error{rank}"]
+        assert results[f"graph_kernels{rank}"] == [
+            "aten.mul", "c10d.allreduce_", "aten.add", "c10d.allgather_", "aten.cat"]
+        replayed = 2 * (xs[0] + xs[1] + 2000) + 1  # the replay's inputs, not the capture's
+        torch.testing.assert_close(results[f"graph{rank}"], torch.cat([replayed, replayed]))
     torch.testing.assert_close(results[0]["all_to_all_uneven"], torch.cat([xs[0][:1],
                                                                            xs[1][:4]]))
     torch.testing.assert_close(results[1]["all_to_all_uneven"], torch.cat([xs[0][1:],

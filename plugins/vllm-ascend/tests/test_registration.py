@@ -101,6 +101,56 @@ def test_config_defaults_and_refusals(tiny_model_dir):
         _config(tiny_model_dir, additional_config={"ascend": {"device_memory": "lots"}})
 
 
+def test_graph_mode(tiny_model_dir):
+    """ACL graphs of decode steps unless graphs are off; emulated, of up to 8
+    requests (each captured size costs a forward pass recorded on the host)."""
+    from vllm.config import CompilationConfig, CUDAGraphMode
+
+    compilation = _config(tiny_model_dir).compilation_config
+    assert compilation.cudagraph_mode == CUDAGraphMode.FULL_DECODE_ONLY
+    assert compilation.cudagraph_capture_sizes == [1, 2, 4, 8]
+    assert compilation.max_cudagraph_capture_size == 8
+    eager = _config(tiny_model_dir, compilation_config=CompilationConfig(
+        cudagraph_mode=CUDAGraphMode.NONE)).compilation_config
+    assert (eager.cudagraph_mode, eager.cudagraph_capture_sizes) == (CUDAGraphMode.NONE, [])
+    wide = _config(tiny_model_dir, compilation_config=CompilationConfig(
+        cudagraph_capture_sizes=[4, 16])).compilation_config
+    assert wide.cudagraph_capture_sizes == [4]
+
+
+def test_the_runners_wrap_the_model_in_acl_graphs(tiny_model_dir):
+    """Where vLLM's GPU runner would put its CUDA graph wrapper, the model is in
+    the ACL graph wrapper; without graphs it is left bare."""
+    import torch
+    from vllm.compilation.cuda_graph import CUDAGraphWrapper
+    from vllm.config import CompilationConfig, CUDAGraphMode
+
+    from vllm_ascend.acl_graph import ACLGraphWrapper
+    from vllm_ascend.model_runner import ACLGraphModel
+
+    class GPURunnerLoad:  # what vLLM's GPU runner's load_model leaves
+        def __init__(self, config) -> None:
+            self.vllm_config, self.compilation_config = config, config.compilation_config
+
+        def load_model(self) -> None:
+            self.model = torch.nn.Linear(2, 2)
+            if self.compilation_config.cudagraph_mode.has_full_cudagraphs():
+                self.model = CUDAGraphWrapper(self.model, self.vllm_config,
+                                              CUDAGraphMode.FULL)
+
+    class Runner(ACLGraphModel, GPURunnerLoad):
+        pass
+
+    runner = Runner(_config(tiny_model_dir))
+    runner.load_model()
+    assert type(runner.model) is ACLGraphWrapper
+    assert isinstance(runner.model.runnable, torch.nn.Linear)
+    eager = Runner(_config(tiny_model_dir, compilation_config=CompilationConfig(
+        cudagraph_mode=CUDAGraphMode.NONE)))
+    eager.load_model()
+    assert isinstance(eager.model, torch.nn.Linear)
+
+
 def test_npu_platform_picks_the_device_worker(tiny_model_dir):
     """On an NPU the platform takes vLLM's GPU worker and runner made for it; the
     worker module imports without torch_npu (it is used only on the device)."""

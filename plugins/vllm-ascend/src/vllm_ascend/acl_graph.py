@@ -11,6 +11,7 @@ from the capture (``vllm_ascend.attention.update_graph_tasks``).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from vllm.compilation.counter import compilation_counter
@@ -20,6 +21,9 @@ from vllm.config import CUDAGraphMode
 from vllm.forward_context import get_forward_context, is_forward_context_available
 
 from vllm_ascend import attention, npu_graphs
+
+#: graph replays in this process, by the batch size (tokens) of the graph
+replayed: Counter[int] = Counter()
 
 
 class ACLGraphWrapper(CUDAGraphWrapper):
@@ -49,6 +53,7 @@ class ACLGraphWrapper(CUDAGraphWrapper):
             attention.update_graph_tasks(self.attention_tasks[descriptor],
                                          context.attn_metadata)
         entry.cudagraph.replay()
+        replayed[descriptor.num_tokens] += 1
         return entry.output
 
     def _capture(self, descriptor: Any, args: tuple, kwargs: dict) -> Any:

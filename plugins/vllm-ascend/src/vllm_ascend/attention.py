@@ -18,7 +18,12 @@ Per layer and step, two NPU ops:
 
 The metadata builder classifies the batch (fresh prefill, prefix-cache hit,
 decode only, chunked prefill) and prepares the host-side length lists the
-kernel takes, once per step for all layers.
+kernel takes, once per step for all layers. A decode step vLLM pads to the
+batch size of an ACL graph carries padded requests (no query token, no
+length); the builder gives each one a length of 1. Tokens vLLM writes
+nowhere (slot -1: padded and dummy tokens) are written to the null block,
+which vLLM hands to no request, because the NPU's cache write takes only
+slots in range.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from vllm.config import VllmConfig
 from vllm.v1.attention.backend import (
     AttentionBackend,
+    AttentionCGSupport,
     AttentionImpl,
     AttentionLayer,
     AttentionMetadataBuilder,
@@ -44,6 +50,7 @@ from vllm.v1.attention.backend import (
     MultipleOf,
 )
 from vllm.v1.attention.backends.registry import register_backend
+from vllm.v1.attention.backends.utils import NULL_BLOCK_ID
 from vllm.v1.kv_cache_interface import AttentionSpec
 
 from vllm_ascend import npu_graphs, npu_ops
@@ -62,7 +69,11 @@ class AttentionState(enum.Enum):
 
 
 def classify(query_lens: list[int], seq_lens: list[int]) -> AttentionState:
-    if all(q == 1 for q in query_lens) and all(s > 1 for s in seq_lens):
+    # One query token per request is a decode step, whatever the context: the
+    # decode path writes the token's K and V before it reads the cache. vLLM
+    # dispatches a step to a decode graph on the query lengths alone, and so
+    # must this (a one-token prompt among decodes is still a decode step).
+    if all(q == 1 for q in query_lens):
         return AttentionState.DECODE_ONLY
     if all(q == s for q, s in zip(query_lens, seq_lens)):
         return AttentionState.PREFILL_NO_CACHE
@@ -126,10 +137,22 @@ class AscendMetadata:
 
 
 class AscendMetadataBuilder(AttentionMetadataBuilder[AscendMetadata]):
-    # vLLM declares the constructor abstract; the base one keeps the device
+    # ACL graphs hold decode steps only (the fused kernel's decode path, its
+    # lengths updated before each replay: vllm_ascend.acl_graph)
+    _cudagraph_support: ClassVar[AttentionCGSupport] = \
+        AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+
     def __init__(self, kv_cache_spec: AttentionSpec, layer_names: list[str],
                  vllm_config: VllmConfig, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.block_size = kv_cache_spec.block_size
+        self._null_slots = self._null_block_slots(
+            vllm_config.scheduler_config.max_num_batched_tokens)
+
+    def _null_block_slots(self, tokens: int) -> torch.Tensor:
+        """Slots of the null block, one per token, for tokens vLLM writes nowhere."""
+        offsets = torch.arange(tokens, dtype=torch.int64, device=self.device) % self.block_size
+        return NULL_BLOCK_ID * self.block_size + offsets
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> AscendMetadata:
@@ -144,17 +167,46 @@ class AscendMetadataBuilder(AttentionMetadataBuilder[AscendMetadata]):
         seq_lens = (host_seq_lens if host_seq_lens is not None else meta.seq_lens.cpu())[:n]
         seq_lens = seq_lens.tolist()
         query_lens = [b - a for a, b in pairwise(starts)]
-        state = classify(query_lens, seq_lens)
+        real = n
+        while real and query_lens[real - 1] == 0:  # vLLM pads at the end
+            real -= 1
+        state = classify(query_lens[:real], seq_lens[:real])
         states_seen[state.name] += 1
+        slot_mapping = self._slots(meta.slot_mapping[: meta.num_actual_tokens])
+        if real < n:
+            seq_lens = self._pad(state, seq_lens[:real], n - real,
+                                 meta.num_actual_tokens - starts[real])
         return AscendMetadata(
             state=state,
             num_actual_tokens=meta.num_actual_tokens,
             cumulative_query_lens=starts[1:],
             seq_lens=seq_lens,
             block_table=meta.block_table_tensor[:n].to(torch.int32),
-            slot_mapping=meta.slot_mapping[: meta.num_actual_tokens],
+            slot_mapping=slot_mapping,
             mask=compressed_causal_mask(self.device),
         )
+
+    def _slots(self, slot_mapping: torch.Tensor) -> torch.Tensor:
+        """The step's slots with vLLM's padding marks (-1: padded tokens, dummy
+        steps) turned into slots of the null block, which vLLM hands to no
+        request: the NPU's cache write takes slots in range only."""
+        tokens = slot_mapping.shape[0]
+        if tokens > self._null_slots.shape[0]:
+            self._null_slots = self._null_block_slots(tokens)
+        return torch.where(slot_mapping < 0, self._null_slots[:tokens], slot_mapping,
+                           out=slot_mapping)
+
+    @staticmethod
+    def _pad(state: AttentionState, seq_lens: list[int], padded: int,
+             pad_tokens: int) -> list[int]:
+        """Lengths for the requests vLLM adds to fill a decode graph: 1 each, the
+        first position of the null block (their block-table rows); their
+        outputs are discarded."""
+        if state is not AttentionState.DECODE_ONLY or pad_tokens != padded:
+            raise RuntimeError(f"vllm-ascend pads decode steps only, one token a request; "
+                               f"got {padded} padded requests with {pad_tokens} tokens "
+                               f"in a {state.value} step")
+        return seq_lens + [1] * padded
 
 
 class AscendAttentionImpl(AttentionImpl):

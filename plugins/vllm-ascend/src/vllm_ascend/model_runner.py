@@ -6,13 +6,22 @@ per token. The NPU's cache kernels (``npu_scatter_pa_kv_cache``, paged
 [blocks, block_size, kv_heads, head_dim] caches, so each layer gets a
 [2, blocks, block_size, kv_heads, head_dim] tensor of the same size instead;
 both runners share that layout (:class:`NPUKVCacheLayout`).
+
+Decode steps run as ACL graphs (:class:`vllm_ascend.acl_graph.ACLGraphWrapper`)
+unless graphs are off: vLLM's runner pads a decode step to a captured batch
+size and dispatches it; both runners put the model in the ACL graph wrapper
+where vLLM's would put its CUDA graph wrapper (:class:`ACLGraphModel`).
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
+from vllm.compilation.cuda_graph import CUDAGraphWrapper
+from vllm.compilation.monitor import set_cudagraph_capturing_enabled
+from vllm.config import CUDAGraphMode
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheConfig
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -62,12 +71,47 @@ class NPUKVCacheLayout:
             cache[:, block_ids] = 0
 
 
-class NPUModelRunner(NPUKVCacheLayout, GPUModelRunner):
-    """vLLM's GPU model runner on an Ascend NPU: batches, sampling and the
-    device buffers are vLLM's own, the KV cache laid out for the NPU kernels.
-    It runs eagerly (no ACL graphs yet). Its torch.cuda streams and events are
-    torch_npu's (``vllm_ascend.patches``)."""
+class ACLGraphModel:
+    """The model in the ACL graph wrapper, when the graph mode has full graphs
+    (a mixin over vLLM's GPU or CPU model runner)."""
+
+    model: Any
+    compilation_config: Any
+    vllm_config: Any
+
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        from vllm_ascend.acl_graph import ACLGraphWrapper
+
+        super().load_model(*args, **kwargs)
+        if not self.compilation_config.cudagraph_mode.has_full_cudagraphs():
+            return
+        model = self.model
+        if isinstance(model, ACLGraphWrapper):
+            return
+        if isinstance(model, CUDAGraphWrapper):  # vLLM's GPU runner wraps for CUDA
+            model = model.runnable
+        self.model = ACLGraphWrapper(model, self.vllm_config, runtime_mode=CUDAGraphMode.FULL)
 
 
-class EmulatedNPUModelRunner(NPUKVCacheLayout, CPUModelRunner):
-    """The same layout on vLLM's CPU runner, for NPU emulation on the host."""
+class NPUModelRunner(NPUKVCacheLayout, ACLGraphModel, GPUModelRunner):
+    """vLLM's GPU model runner on an Ascend NPU: batches, sampling, the device
+    buffers and the capture of decode graphs are vLLM's own, the KV cache laid
+    out for the NPU kernels, the graphs ACL graphs. Its torch.cuda streams and
+    events are torch_npu's (``vllm_ascend.patches``)."""
+
+
+class EmulatedNPUModelRunner(NPUKVCacheLayout, ACLGraphModel, CPUModelRunner):
+    """The same on vLLM's CPU runner, for NPU emulation on the host."""
+
+    def capture_model(self) -> int:
+        """vLLM's capture of every decode size, without its device-memory
+        accounting (the emulated graphs hold host tensors)."""
+        if self.compilation_config.cudagraph_mode == CUDAGraphMode.NONE:
+            return 0
+        set_cudagraph_capturing_enabled(True)
+        try:
+            for mode, descriptors in self.cudagraph_dispatcher.get_capture_descs():
+                self._capture_cudagraphs(descriptors, cudagraph_runtime_mode=mode)
+        finally:
+            set_cudagraph_capturing_enabled(False)
+        return 0

@@ -10,11 +10,14 @@ step gets the next step's sequence lengths.
 
 :class:`EmulatedNPUGraph` keeps these semantics on the CPU. Capture runs the
 code once and records each kernel: every ``npu_ops`` launch as one, every other
-aten op as one unless it is a view or only allocates. Replay runs the recorded
-kernels again on the recorded tensors and writes each result into the tensor
-the capture produced, so later kernels read it where they read it at capture.
-Code that forgets an update replays stale lengths here as on an NPU, and a
-host synchronisation inside a capture fails here as it does there.
+aten op as one unless it is a view or only allocates (``npu_ops.runs_kernel``).
+Replay runs the recorded kernels again on the recorded tensors and writes each
+result into the tensor the capture produced, so later kernels read it where
+they read it at capture.
+Collectives between workers (``c10d`` ops) are recorded too, and replayed
+to completion. Code that forgets an update replays stale lengths here as on
+an NPU, and a host synchronisation inside a capture fails here as it does
+there.
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ class _Task:
         _store(self.outputs, self.kernel(*self.args, **self.kwargs))
 
 
+@dataclass
+class _CollectiveTask(_Task):
+    """A collective (``c10d``): it writes into the tensors it was given, and
+    the step goes on once it completes, as HCCL's does inside an ACL graph."""
+
+    def replay(self) -> None:
+        _, work = self.kernel(*self.args, **self.kwargs)
+        work.wait()
+
+
 def _store(recorded: Any, fresh: Any) -> None:
     if isinstance(recorded, torch.Tensor):
         if fresh is not recorded:  # in-place and out= kernels return the tensor itself
@@ -72,6 +85,7 @@ class EmulatedNPUGraph:
         self.tasks: list[_Task] = []
         self.groups: list[range] = []  # task indices of each task group
         self.captured = False
+        self.inference_mode = False
         self._group_start: int | None = None
         self._recorder: _Recorder | None = None
 
@@ -82,6 +96,8 @@ class EmulatedNPUGraph:
         if self.captured:
             raise RuntimeError("this NPU graph holds a capture already; reset() it first")
         _capturing = self
+        # tensors made under inference mode are written again only under it
+        self.inference_mode = torch.is_inference_mode_enabled()
         npu_ops.set_launch_hook(self._record_launch)
         self._recorder = _Recorder(self)
         self._recorder.__enter__()
@@ -102,8 +118,9 @@ class EmulatedNPUGraph:
             raise RuntimeError("replay of an NPU graph that holds no capture")
         if _updating is not None:
             raise RuntimeError("replay inside graph_task_update_begin/end")
-        for task in self.tasks:
-            task.replay()
+        with torch.inference_mode(self.inference_mode):
+            for task in self.tasks:
+                task.replay()
 
     def reset(self) -> None:
         self.__init__()
@@ -141,6 +158,11 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func.namespace == "c10d":  # a collective between the workers' devices
+            out = func(*args, **kwargs)
+            self.graph.tasks.append(_CollectiveTask(
+                f"c10d.{func.overloadpacket.__name__}", func, args, kwargs, out))
+            return out
         if func.namespace not in ("aten", "prims"):
             # vLLM's custom ops (attention, MoE) are Python over aten and NPU
             # ops: run their CPU kernel with this mode on, so that what they
@@ -155,7 +177,7 @@ class _Recorder(TorchDispatchMode):
                 f"aten.{name} makes the host wait for the device, which an NPU graph "
                 "capture cannot record")
         out = func(*args, **kwargs)
-        if not func.is_view and name not in npu_ops.NO_KERNEL:
+        if npu_ops.runs_kernel(func, args, out):
             self.graph.tasks.append(_Task(f"aten.{name}", func, args, kwargs, out))
         return out
 

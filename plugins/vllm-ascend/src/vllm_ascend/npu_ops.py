@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vllm_ascend.emulation import REFERENCES
 
-#: launches per op name, in this process, since the last :func:`counting`
+#: kernels run per op name in this process (an emulated graph's replay runs its own)
 launches: Counter[str] = Counter()
 
 _emulated = True
@@ -70,7 +70,11 @@ def _launcher(name: str) -> Callable[..., Any]:
         target = _target(name)
 
         def kernel(*args: Any, **kwargs: Any) -> Any:
+            # counted where it runs: eagerly, in a capture, in each replay of
+            # an emulated graph (not where an update only reissues it)
             global _inside
+            if not _inside:
+                launches[name] += 1
             _inside += 1
             try:
                 return target(*args, **kwargs)
@@ -78,7 +82,6 @@ def _launcher(name: str) -> Callable[..., Any]:
                 _inside -= 1
 
         def launcher(*args: Any, **kwargs: Any) -> Any:
-            launches[name] += 1
             if _hook is not None and not _inside:
                 return _hook(name, kernel, args, kwargs)
             return kernel(*args, **kwargs)
@@ -118,6 +121,29 @@ HOST_SYNC = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_uniq
              "unique_consecutive", "equal", "is_nonzero", "allclose", "item"}
 
 
+def runs_kernel(func: Any, args: tuple, out: Any) -> bool:
+    """Whether an aten op ran a kernel: not one that only allocates, nor a view.
+
+    Ops that may alias (``to``, ``contiguous``, ``reshape``: they reach a
+    dispatch mode whole under inference mode) count as views only when the
+    result shares its input's memory; otherwise they copied.
+    """
+    if func.overloadpacket.__name__ in NO_KERNEL:
+        return False
+    if not func.is_view:
+        return True
+    inputs = {t.untyped_storage().data_ptr() for t in _tensors(args)}
+    return any(t.untyped_storage().data_ptr() not in inputs for t in _tensors(out))
+
+
+def _tensors(value: Any) -> Iterator[Any]:
+    if hasattr(value, "untyped_storage"):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+
+
 class DeviceLaunches(TorchDispatchMode):
     """Counts the kernels an NPU would run for the code inside it.
 
@@ -139,13 +165,14 @@ class DeviceLaunches(TorchDispatchMode):
             # Python code, whose ops this mode does not see: count those with
             # a mode of their own inside (see benchmarks/ascend_launches.py)
             return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
         if not _inside:
             name = func.overloadpacket.__name__
             if name in HOST_SYNC:
                 self.host_syncs[f"aten.{name}"] += 1
-            if not func.is_view and name not in NO_KERNEL:
+            if runs_kernel(func, args, out):
                 self.kernels[f"aten.{name}"] += 1
-        return func(*args, **(kwargs or {}))
+        return out
 
     def __exit__(self, *exc: object) -> None:
         for name, count in (launches - self._npu_before).items():

@@ -34,6 +34,9 @@ logger = get_logger(__name__)
 #: tokens, multiples of 128; 128 is the size they are tuned for.
 BLOCK_SIZE = 128
 MAX_BLOCK_SIZE = 512
+#: the largest decode batch an emulated NPU captures an ACL graph of; larger
+#: decode steps run eagerly
+EMULATED_MAX_GRAPH_BATCH = 8
 
 
 def check_block_size(block_size: int) -> None:
@@ -214,8 +217,47 @@ class NPUPlatform(Platform):
                 f"load it with --quantization {NAME}")
 
     @classmethod
+    def support_static_graph_mode(cls) -> bool:
+        return True
+
+    @classmethod
+    def _set_graph_mode(cls, vllm_config: VllmConfig) -> None:
+        """ACL graphs of whole decode steps, unless graphs are off (--enforce-eager).
+
+        Only decode steps: the attention kernel is updated before each replay
+        in its decode form alone (vllm_ascend.acl_graph), and without
+        torch.compile there are no pieces to capture around it.
+        """
+        from vllm.config import CUDAGraphMode
+
+        compilation = vllm_config.compilation_config
+        mode, sizes = compilation.cudagraph_mode, list(compilation.cudagraph_capture_sizes)
+        if cls.emulated and sizes and sizes[-1] > EMULATED_MAX_GRAPH_BATCH:
+            # each size is captured by a forward pass recorded op by op on the host
+            sizes = [size for size in sizes if size <= EMULATED_MAX_GRAPH_BATCH]
+        if mode == CUDAGraphMode.NONE or not sizes:
+            compilation.cudagraph_mode = CUDAGraphMode.NONE
+            compilation.cudagraph_capture_sizes = []
+            compilation.max_cudagraph_capture_size = 0
+            logger.info("vllm-ascend runs every step eagerly (no ACL graphs)")
+            return
+        if mode != CUDAGraphMode.FULL_DECODE_ONLY:
+            logger.info("vllm-ascend captures ACL graphs of decode steps only: cudagraph_mode "
+                        "%s -> FULL_DECODE_ONLY", mode.name)
+            compilation.cudagraph_mode = CUDAGraphMode.FULL_DECODE_ONLY
+        if cls.emulated:
+            # vLLM runs each size once before capturing it, to warm a device's
+            # kernels; the host has none to warm
+            compilation.cudagraph_num_of_warmups = 0
+        if sizes != compilation.cudagraph_capture_sizes:
+            compilation.cudagraph_capture_sizes = sizes
+            compilation.max_cudagraph_capture_size = sizes[-1]
+            compilation.post_init_cudagraph_sizes()
+        logger.info("vllm-ascend: ACL graphs of decode steps of %s requests", sizes)
+
+    @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
-        from vllm.config import CompilationMode, CUDAGraphMode
+        from vllm.config import CompilationMode
 
         # Refuse what cannot run in the front process, where the error reaches
         # the user directly instead of through a dead engine core.
@@ -245,11 +287,11 @@ class NPUPlatform(Platform):
         vllm_config.scheduler_config.async_scheduling = False
 
         compilation = vllm_config.compilation_config
-        compilation.cudagraph_capture_sizes = []
-        compilation.cudagraph_mode = CUDAGraphMode.NONE
         if compilation.mode != CompilationMode.NONE:
-            logger.info("vllm-ascend runs the model eagerly (compilation mode NONE)")
+            logger.info("vllm-ascend runs the model without torch.compile (compilation mode "
+                        "NONE)")
             compilation.mode = CompilationMode.NONE
+        cls._set_graph_mode(vllm_config)
         # The NPU layers are the fast path: custom ops on unless the user
         # turned one off ("-name" entries are kept).
         compilation.custom_ops = ["all" if op == "none" else op

@@ -15,7 +15,9 @@ that size.
 from __future__ import annotations
 
 import gc
+import time
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import psutil
 import torch
@@ -159,6 +161,18 @@ class EmulatedNPUWorker(CPUWorker):
         # no host op of the step benefits from more; emulated, the model runs
         # on the host, so give it back its threads.
         self._set_threads()
+
+    def compile_or_warm_up_model(self) -> Any:
+        # vLLM's CPU worker captures no graphs; the emulated NPU's decode
+        # steps run as emulated ACL graphs. Captured first: vLLM's warm-up
+        # then resets the random seed.
+        start = time.perf_counter()
+        self.model_runner.capture_model()
+        if self.compilation_config.cudagraph_mode.has_full_cudagraphs():
+            logger.info("vllm-ascend captured emulated ACL graphs of decode batches %s in "
+                        "%.1f s", self.compilation_config.cudagraph_capture_sizes,
+                        time.perf_counter() - start)
+        return super().compile_or_warm_up_model()
 
     def _weights_bytes(self) -> int:
         model = self.model_runner.get_model()
