@@ -27,6 +27,8 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import bind_kv_cache
 
+from vllm_ascend import npu_graphs
+
 
 def npu_kv_cache(like: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
     """Zeroed [2, blocks, block_size, kv_heads, head_dim] cache for a layer whose
@@ -92,6 +94,24 @@ class ACLGraphModel:
             model = model.runnable
         self.model = ACLGraphWrapper(model, self.vllm_config, runtime_mode=CUDAGraphMode.FULL)
 
+    def capture_model(self) -> int:
+        """vLLM's capture of each decode batch size, on a stream of its own.
+
+        vLLM's own capture enters ``graph_capture``, which takes CUDA's and
+        XPU's communicators only (HCCL's collectives need no capture context),
+        and measures CUDA memory; the graphs' memory is not measured here.
+        """
+        if self.compilation_config.cudagraph_mode == CUDAGraphMode.NONE:
+            return 0
+        set_cudagraph_capturing_enabled(True)
+        try:
+            with npu_graphs.capture_stream():
+                for mode, descriptors in self.cudagraph_dispatcher.get_capture_descs():
+                    self._capture_cudagraphs(descriptors, cudagraph_runtime_mode=mode)
+        finally:
+            set_cudagraph_capturing_enabled(False)
+        return 0
+
 
 class NPUModelRunner(NPUKVCacheLayout, ACLGraphModel, GPUModelRunner):
     """vLLM's GPU model runner on an Ascend NPU: batches, sampling, the device
@@ -102,16 +122,3 @@ class NPUModelRunner(NPUKVCacheLayout, ACLGraphModel, GPUModelRunner):
 
 class EmulatedNPUModelRunner(NPUKVCacheLayout, ACLGraphModel, CPUModelRunner):
     """The same on vLLM's CPU runner, for NPU emulation on the host."""
-
-    def capture_model(self) -> int:
-        """vLLM's capture of every decode size, without its device-memory
-        accounting (the emulated graphs hold host tensors)."""
-        if self.compilation_config.cudagraph_mode == CUDAGraphMode.NONE:
-            return 0
-        set_cudagraph_capturing_enabled(True)
-        try:
-            for mode, descriptors in self.cudagraph_dispatcher.get_capture_descs():
-                self._capture_cudagraphs(descriptors, cudagraph_runtime_mode=mode)
-        finally:
-            set_cudagraph_capturing_enabled(False)
-        return 0

@@ -226,6 +226,19 @@ def capture(graph: Any, pool: Any = None, stream: Any = None) -> Iterator[None]:
         graph.capture_end()
 
 
+@contextmanager
+def capture_stream() -> Iterator[None]:
+    """Captures inside run on a stream of their own, which first waits for the
+    current one (the emulated NPU has one stream)."""
+    if npu_ops.is_emulated():
+        yield
+        return
+    stream = torch.npu.Stream()
+    stream.wait_stream(torch.npu.current_stream())
+    with torch.npu.stream(stream):
+        yield
+
+
 def is_capturing() -> bool:
     if npu_ops.is_emulated():
         return _capturing is not None
