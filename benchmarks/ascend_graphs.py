@@ -1,6 +1,7 @@
 """vllm-ascend's decode steps eager and as ACL graphs, under NPU emulation.
 
-For each mode, a fresh engine on the default model (its own process): the
+For each mode, a fresh engine on the default model (its own process; with
+tensor parallelism, the harness's tp2 variant of it): the
 time to a ready engine (graph capture included), then for each batch size the
 output tokens a second of a greedy generation (EOS ignored; prefill included)
 and the token ids, which must be the same in both modes. On the host an
@@ -34,7 +35,9 @@ def one(mode: str, tp: int, batches: list[int], new_tokens: int, dtype: str) -> 
     from vllm_harness.models import prepare
 
     start = time.perf_counter()
-    llm = LLM(model=str(prepare("full", quiet=True)), dtype=dtype, max_model_len=512, seed=0,
+    # the default model's 9 heads do not split in two: the harness's tp2 variant does
+    model = prepare("full" if tp == 1 else "tp2", quiet=True)
+    llm = LLM(model=str(model), dtype=dtype, max_model_len=512, seed=0,
               tensor_parallel_size=tp, enforce_eager=mode == "eager",
               enable_prefix_caching=False,
               additional_config={"ascend": {"device_memory": "1536MiB"}})
@@ -71,14 +74,17 @@ def main() -> None:
             command = [sys.executable, __file__, "--one", f"{mode}:{tp}", "--batch",
                        *map(str, args.batch), "--new-tokens", str(args.new_tokens),
                        "--dtype", args.dtype]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            run = subprocess.run(command, capture_output=True, text=True)
+            if run.returncode:
+                sys.exit(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
+            out = run.stdout
             line = next(x for x in out.splitlines() if x.startswith("RESULT "))
             results[mode, tp] = json.loads(line[len("RESULT "):])
 
     shown = "python benchmarks/ascend_graphs.py " + " ".join(sys.argv[1:])
     print(f"\nCommand: `{shown.strip()}`  \nMachine: {machine()}  \n"
-          f"Model: the default model, {args.dtype}, NPU emulation, {args.new_tokens} "
-          "output tokens a request\n")
+          f"Model: the default model (tensor parallel 2: its tp2 variant), {args.dtype}, "
+          f"NPU emulation, {args.new_tokens} output tokens a request\n")
     print("| tensor parallel | mode | engine ready (s) | "
           + " | ".join(f"batch {b} (tok/s)" for b in args.batch) + " | same ids as eager |")
     print("|---|---|---|" + "---|" * len(args.batch) + "---|")
