@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from vllm_ascend.emulation import REFERENCES
 
@@ -132,16 +134,11 @@ def runs_kernel(func: Any, args: tuple, out: Any) -> bool:
         return False
     if not func.is_view:
         return True
-    inputs = {t.untyped_storage().data_ptr() for t in _tensors(args)}
-    return any(t.untyped_storage().data_ptr() not in inputs for t in _tensors(out))
+    def storages(value: Any) -> set[int]:
+        return {t.untyped_storage().data_ptr() for t in tree_leaves(value)
+                if isinstance(t, torch.Tensor)}
 
-
-def _tensors(value: Any) -> Iterator[Any]:
-    if hasattr(value, "untyped_storage"):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
+    return not storages(out) <= storages(args)
 
 
 class DeviceLaunches(TorchDispatchMode):
