@@ -18,7 +18,7 @@ from vllm_harness.fixtures import SERVED_NAME, Server
 pytestmark = pytest.mark.xdist_group("server")
 
 CLIENTS = 64
-LOAD_TOKENS = 16
+LOAD_TOKENS = 8
 LOAD_DEADLINE_S = 300
 
 
