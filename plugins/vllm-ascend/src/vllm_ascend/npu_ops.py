@@ -134,11 +134,13 @@ def runs_kernel(func: Any, args: tuple, out: Any) -> bool:
         return False
     if not func.is_view:
         return True
-    def storages(value: Any) -> set[int]:
-        return {t.untyped_storage().data_ptr() for t in tree_leaves(value)
-                if isinstance(t, torch.Tensor)}
+    return not _storages(out) <= _storages(args)
 
-    return not storages(out) <= storages(args)
+
+def _storages(value: Any) -> set[int]:
+    """The memory of every tensor in nested tuples, lists and dicts."""
+    return {t.untyped_storage().data_ptr() for t in tree_leaves(value)
+            if isinstance(t, torch.Tensor)}
 
 
 class DeviceLaunches(TorchDispatchMode):
