@@ -271,6 +271,24 @@ def test_pack_model_swaps_methods_and_keeps_shared_weights():
     assert model["tied"].weight is shared  # still read by the embedding
 
 
+def test_bfloat16_packs_natively_or_widened():
+    """oneDNN's bfloat16 reorder raises on an AVX2-only CPU: there the weight is
+    packed as float32, and the layer still takes and returns bfloat16."""
+    from vllm_cpu_sim.linear import pack_weight, packed_linear, supported
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 24, generator=gen).bfloat16()
+    bias = torch.randn(40, generator=gen).bfloat16()
+    x = torch.randn(9, 24, generator=gen).bfloat16()
+    packed = pack_weight(weight)
+    assert packed.dtype == (torch.bfloat16 if supported(torch.bfloat16) else torch.float32)
+    out = packed_linear(x, packed, 40, bias)
+    assert out.dtype == torch.bfloat16
+    expected = x.double() @ weight.double().t() + bias.double()
+    # float32 accumulation: within one bfloat16 rounding of the exact product
+    torch.testing.assert_close(out.double(), expected, atol=0.05, rtol=0.01)
+
+
 # ---------------------------------------------------------------- communicator
 
 def _collectives(rank: int, port: int, results) -> None:
