@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,9 +230,12 @@ class Engines:
         return self._engines[name]
 
     def close(self) -> None:
-        for engine in self._engines.values():
-            shutdown(engine)
+        """Shuts the engines down side by side: each shutdown mostly waits (up
+        to 5 s) for its core process to exit."""
+        engines = list(self._engines.values())
         self._engines.clear()
+        with ThreadPoolExecutor(max_workers=max(1, len(engines))) as pool:
+            list(pool.map(shutdown, engines))
 
 
 @pytest.fixture(scope="session")
