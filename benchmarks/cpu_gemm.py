@@ -33,16 +33,25 @@ def timed(fn, repeats: int) -> float:
 
 
 def packed(weight: torch.Tensor):
-    w = torch.ops.mkldnn._reorder_linear_weight(weight, 32)
-    return lambda x: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    """The product as vllm-cpu-sim runs it: its packed weight (bfloat16 widened to
+    float32 where oneDNN cannot pack bfloat16 on this CPU)."""
+    from vllm_cpu_sim.linear import pack_weight, packed_linear
+
+    w = pack_weight(weight)
+    return lambda x: packed_linear(x, w, weight.shape[0], None)
 
 
 def main() -> None:
     from throughput import machine
 
+    from vllm_cpu_sim.linear import supported
+
     torch.manual_seed(0)
     print(f"\nCommand: `{shlex.join(['python', *sys.argv])}`  ")
-    print(f"Machine: {machine()}, {torch.get_num_threads()} threads\n")
+    print(f"Machine: {machine()}, {torch.get_num_threads()} threads  ")
+    print("oneDNN packs bfloat16 natively." if supported(torch.bfloat16) else
+          "oneDNN cannot pack bfloat16 here: the plugin packs those weights as float32.")
+    print()
     print("| dtype | rows | shape | F.linear GFLOP/s | packed oneDNN GFLOP/s | ratio |")
     print("|---|---|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):
@@ -76,7 +85,7 @@ def main() -> None:
             head(inputs[576])
 
         elapsed = timed(step, 10)
-        size = torch.tensor([], dtype=dtype).element_size()
+        size = torch.tensor([], dtype=dtype if supported(dtype) else torch.float32).element_size()
         nbytes = (LAYERS * sum(n * k for n, k in layer_shapes) + 49152 * 576) * size
         print(f"| {str(dtype)[6:]} | {elapsed * 1e3:.1f} | {nbytes / 1e6:.0f} "
               f"| {nbytes / elapsed / 1e9:.1f} |")
