@@ -73,7 +73,7 @@ def _(x: torch.Tensor, packed: torch.Tensor, out_features: int,
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """The [out, in] weight in oneDNN's layout for :func:`packed_linear`, in its
     own dtype, or in float32 where oneDNN cannot pack that dtype on this CPU
-    (twice the memory of a bfloat16 weight, five times the speed of the
+    (twice the memory of a bfloat16 weight, four to eight times the speed of the
     ``F.linear`` bfloat16 fallback on an AVX2-only CPU)."""
     weight = weight.detach()
     if not supported(weight.dtype):
