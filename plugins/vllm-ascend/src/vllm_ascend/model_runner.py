@@ -27,7 +27,9 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import bind_kv_cache
 
-from vllm_ascend import npu_graphs
+from vllm_ascend import get_logger, host_linear, npu_graphs
+
+logger = get_logger(__name__)
 
 
 def npu_kv_cache(like: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
@@ -122,3 +124,12 @@ class NPUModelRunner(NPUKVCacheLayout, ACLGraphModel, GPUModelRunner):
 
 class EmulatedNPUModelRunner(NPUKVCacheLayout, ACLGraphModel, CPUModelRunner):
     """The same on vLLM's CPU runner, for NPU emulation on the host."""
+
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        super().load_model(*args, **kwargs)
+        # the graphs are captured later, with the layers' new method
+        widened = host_linear.widen_bf16_products(self.get_model())
+        if widened:
+            logger.info("vllm-ascend: no native bfloat16 GEMM on this host; %d bfloat16 "
+                        "linear layers multiply many rows in float32 (the NPU's "
+                        "accumulation, rounded back)", widened)
