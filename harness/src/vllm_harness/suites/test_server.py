@@ -12,7 +12,12 @@ from vllm_harness.fixtures import SERVED_NAME, Server
 
 pytestmark = pytest.mark.xdist_group("server")
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# A question whose greedy answer no rounding can turn: the default model answers "The capital
+# of Japan is Tokyo." and stops, every token ahead of the next by at least 0.96 nats in float32
+# and in bfloat16. Its first token for "...capital of France?" leads by only 0.10 nats, and
+# bfloat16 products off a native GEMM made it start in French and miss the stop.
+QUESTION = [{"role": "user", "content": "What is the capital of Japan?"}]
+ANSWER = "Tokyo"
 
 
 @pytest.mark.feature("registration.activation_log")
@@ -41,7 +46,7 @@ def test_completion(client: Any):
 def test_chat_completion(client: Any):
     r = client.chat.completions.create(model=SERVED_NAME, temperature=0, max_tokens=30,
                                        messages=QUESTION)
-    assert "Paris" in r.choices[0].message.content, r.choices[0].message.content
+    assert ANSWER in r.choices[0].message.content, r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop"
 
 
@@ -56,7 +61,7 @@ def test_streaming_equals_whole(client: Any):
     stream = client.chat.completions.create(model=SERVED_NAME, temperature=0, max_tokens=30,
                                             messages=QUESTION, stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert "Paris" in text, text
+    assert ANSWER in text, text
 
 
 @pytest.mark.feature("server.tokenize")
