@@ -104,3 +104,51 @@ def test_paged_attention_equals_sdpa(dtype, requests):
     got = output[: int(qsl[-1])].view(-1, HEADS, HEAD).float()
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got, torch.cat(expected), atol=tolerance, rtol=tolerance)
+
+
+def _linear_layer(out_features: int, in_features: int, dtype: torch.dtype) -> torch.nn.Module:
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.randn(out_features, in_features).to(dtype),
+                                       requires_grad=False)
+    module.quant_method = UnquantizedLinearMethod()
+    return module
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 300])
+def test_widened_bfloat16_product_rounds_once(rows):
+    """float32 accumulation and one rounding to bfloat16, as the bfloat16 GEMM."""
+    from vllm_spyre_like.host_linear import MIN_ROWS, WidenedBF16LinearMethod
+
+    gen = torch.Generator().manual_seed(rows)
+    layer = _linear_layer(48, 640, torch.bfloat16)
+    bias = torch.randn(48, generator=gen).bfloat16()
+    x = torch.randn(rows, 640, generator=gen).bfloat16()
+    out = WidenedBF16LinearMethod().apply(layer, x, bias)
+    exact = x.double() @ layer.weight.double().t() + bias.double()
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 48)
+    # one rounding is within half a bfloat16 step (|v| * 2**-8); torch's own
+    # product of few rows rounds the product, then its sum with the bias
+    half_step = exact.abs() * 2.0**-8
+    bound = half_step if rows >= MIN_ROWS else 2 * half_step
+    assert bool(((out.double() - exact).abs() <= bound + 1e-5).all())
+
+
+def test_only_unquantized_bfloat16_layers_widened_where_the_host_needs_it():
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    from vllm_spyre_like.host_linear import (
+        WidenedBF16LinearMethod,
+        host_has_native_bf16_gemm,
+        widen_bf16_products,
+    )
+
+    model = torch.nn.ModuleDict({"bf16": _linear_layer(8, 16, torch.bfloat16),
+                                 "fp32": _linear_layer(8, 16, torch.float32),
+                                 "plain": torch.nn.Linear(16, 8)})
+    native = host_has_native_bf16_gemm()
+    assert widen_bf16_products(model) == (0 if native else 1)
+    assert type(model["bf16"].quant_method) is (
+        UnquantizedLinearMethod if native else WidenedBF16LinearMethod)
+    assert type(model["fp32"].quant_method) is UnquantizedLinearMethod

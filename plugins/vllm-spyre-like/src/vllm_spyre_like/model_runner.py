@@ -16,7 +16,7 @@ import torch
 from vllm.config import VllmConfig
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
-from vllm_spyre_like import PLUGIN, get_logger
+from vllm_spyre_like import PLUGIN, get_logger, host_linear
 from vllm_spyre_like.envs import compile_backend
 from vllm_spyre_like.graphs import CountingCompiler, compile_model, graph_sizes, warm_up
 
@@ -38,6 +38,12 @@ class SpyreLikeModelRunner(CPUModelRunner):
 
     def load_model(self, load_dummy_weights: bool = False) -> None:
         super().load_model(load_dummy_weights)
+        # before compiling, so that the graphs trace the layers' new method
+        widened = host_linear.widen_bf16_products(self.model)
+        if widened:
+            logger.info("%s: no native bfloat16 GEMM on this host; %d bfloat16 linear layers "
+                        "multiply %d rows or more in float32, rounded back once", PLUGIN,
+                        widened, host_linear.MIN_ROWS)
         if self.compiler is not None:
             compile_model(self.model, self.compiler, len(self.graph_sizes.all()))
 
