@@ -38,11 +38,9 @@ from vllm_harness.fixtures import (  # noqa: F401
     hf_tokenizer,
     model_dir,
     tiny_model_dir,
+    tp2_hf_greedy,
     tp2_model_dir,
 )
-
-#: For the Ray test: the conformance suite covers output against transformers.
-PROMPTS = ["The quick brown fox", "1, 2, 3, 4,", "The capital of France is"]
 
 
 def make_llm(model: str, **kwargs):

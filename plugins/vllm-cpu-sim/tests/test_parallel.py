@@ -11,25 +11,15 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from conftest import PROMPTS, free_port, make_llm
+from conftest import free_port, make_llm
 from vllm import SamplingParams
+
+from vllm_harness.fixtures import MAX_TOKENS, PROMPTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("parallel")]
 
-GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-
-
-def _generate(model_dir: str, **kwargs) -> list[list[int]]:
-    llm = make_llm(model_dir, dtype="float32", **kwargs)
-    try:
-        return [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, GREEDY)]
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tp1_outputs(tp2_model_dir) -> list[list[int]]:
-    return _generate(tp2_model_dir)
+#: Three of the harness's prompts: a batch of several requests is all this needs.
+RAY_PROMPTS = 3
 
 
 @pytest.fixture
@@ -54,7 +44,16 @@ def ray_cluster() -> Iterator[str]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_tp2_ray_equals_tp1(tp2_model_dir, tp1_outputs, ray_cluster, monkeypatch):
+def test_tp2_ray_equals_transformers(tp2_model_dir, tp2_hf_greedy, ray_cluster, monkeypatch):
+    """Held to transformers' tokens on that model (computed once per machine and
+    cached by the harness), rather than to a second engine of one worker."""
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster)
-    got = _generate(tp2_model_dir, tensor_parallel_size=2, distributed_executor_backend="ray")
-    assert got == tp1_outputs
+    llm = make_llm(tp2_model_dir, dtype="float32", tensor_parallel_size=2,
+                   distributed_executor_backend="ray")
+    try:
+        params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+        got = [list(o.outputs[0].token_ids)
+               for o in llm.generate(PROMPTS[:RAY_PROMPTS], params)]
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert got == tp2_hf_greedy[:RAY_PROMPTS]
