@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import hf_greedy, make_llm
+from conftest import hf_greedy_batched, make_llm
 
 from vllm_ascend.modelslim import WEIGHTS_FILE, convert, quantized_layers
 from vllm_ascend.quantization import DESCRIPTION_FILE, DYNAMIC, FLOAT, STATIC, TENSORS
@@ -111,7 +111,7 @@ def hf_w8a8(checkpoint, model_dir) -> tuple[str, list[list[int]]]:
     for name, module in quantized_layers(model).items():
         module.forward = plain_w8a8(tensors, name, scheme)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return scheme, [hf_greedy((tokenizer, model), p, MAX_TOKENS) for p in PROMPTS]
+    return scheme, hf_greedy_batched((tokenizer, model), PROMPTS, MAX_TOKENS)
 
 
 def _linear_methods(worker) -> dict[str, int]:
