@@ -4,11 +4,10 @@ torch's CPU GEMM takes bfloat16 through oneDNN only where the CPU has AVX-512
 BF16 or AMX; elsewhere (an AVX2-only AMD EPYC, say) it falls back to a kernel
 that took 4 times as long for a 64-row product of the default model's MLP as
 the widened float32 one below, and the static profile pads prefills to 64-1024
-tokens. On such a host
-the products of 4 rows or more are widened to float32 and rounded back once:
-float32 accumulation and one rounding, what the bfloat16 GEMM computes anyway
-(the sums merely come in another order). A device build runs its own kernels
-and has no use for this.
+tokens. On such a host the products of 4 rows or more are widened to float32
+and rounded back once: float32 accumulation and one rounding, what the bfloat16
+GEMM computes anyway (the sums merely come in another order). A device build
+runs its own kernels and has no use for this.
 """
 
 from __future__ import annotations
