@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from vllm_harness.declaration import Profile
+from vllm_harness.pytest_plugin import IN_PROCESS_ENV
 
 PROMPTS = [
     "The quick brown fox",
@@ -316,7 +317,9 @@ def server(profile: Profile, model_dir: str,
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
            "--dtype", dtype, *cli_args(args), *profile.server_args]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        # served as a user serves it: the in-process setting is for the suites' LLMs
+        env = {k: v for k, v in os.environ.items() if k not in IN_PROCESS_ENV}
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     try:

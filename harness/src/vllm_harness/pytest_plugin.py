@@ -32,6 +32,15 @@ COMMON_ENV = {
 #: (a transformers reference ran 8x slower). Engines take their threads from
 #: the plugin's own settings.
 DEFAULT_ENV = {"OMP_NUM_THREADS": "1"}
+#: The suites' offline engines (``LLM``) run their engine core in the test's
+#: process: a core process of its own imports vLLM again (about 15 s of a core
+#: per engine, four engines and more per profile). The platform's worker, model
+#: runner and scheduler are the same either way; the process boundary is still
+#: crossed by the server (``vllm serve`` always runs its core apart, and gets
+#: the user's environment without this), by tensor parallelism's workers and by
+#: the registration probes. A default: ``VLLM_ENABLE_V1_MULTIPROCESSING=1``
+#: in the caller's environment runs them apart.
+IN_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 _RESULTS_KEY = pytest.StashKey[Results]()
 _PROFILE_KEY = pytest.StashKey[declaration.Profile]()
 
@@ -54,7 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
         profile = declaration.find(column)
     except declaration.DeclarationError as e:
         raise pytest.UsageError(str(e)) from e
-    for key, value in DEFAULT_ENV.items():
+    for key, value in {**DEFAULT_ENV, **IN_PROCESS_ENV}.items():
         os.environ.setdefault(key, value)
     os.environ.update(COMMON_ENV)
     os.environ.update(profile.process_env())

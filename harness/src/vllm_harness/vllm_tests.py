@@ -77,7 +77,7 @@ from vllm_harness import runner
 from vllm_harness.declaration import Profile
 from vllm_harness.judge import Cell, Results, combine, judge
 from vllm_harness.models import cache_root
-from vllm_harness.pytest_plugin import COMMON_ENV, DEFAULT_ENV, is_refusal
+from vllm_harness.pytest_plugin import COMMON_ENV, DEFAULT_ENV, IN_PROCESS_ENV, is_refusal
 
 VLLM_VERSION = "0.32.0"
 SDIST = f"vllm-{VLLM_VERSION}.tar.gz"
@@ -431,10 +431,10 @@ def run_groups(profile: Profile, groups: list[str], root: Path, model: str,
     run in that process too (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the tests
     start about eight engines, and a core process of its own imports vLLM again
     for each (llm_generate and llm_chat: 103 s against 46 s on two idle cores).
-    The platform's worker, runner and scheduler are the same either way; the
-    suites run the core in its own process, as ``LLM`` and ``vllm serve`` do
-    by default. pytest's output goes to ``log`` when given, for the failures'
-    full tracebacks.
+    The platform's worker, runner and scheduler are the same either way, as in
+    the suites (:data:`~vllm_harness.pytest_plugin.IN_PROCESS_ENV`), where the
+    server runs its core apart as ``vllm serve`` does. pytest's output goes to
+    ``log`` when given, for the failures' full tracebacks.
     """
     timeout = GROUP_TIMEOUT * len(groups)
     with tempfile.TemporaryDirectory(prefix="vllm-tests-") as tmp:
@@ -444,7 +444,7 @@ def run_groups(profile: Profile, groups: list[str], root: Path, model: str,
             **os.environ,
             **COMMON_ENV,
             "TOKENIZERS_PARALLELISM": "false",
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            **IN_PROCESS_ENV,
             **profile.process_env(),
             ENV_MODEL: model,
             ENV_DEFAULTS: json.dumps(profile_defaults(profile)),

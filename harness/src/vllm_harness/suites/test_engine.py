@@ -134,8 +134,8 @@ def test_abort_frees_the_request_and_keeps_the_others(llm: Any):
     assert len(produced["abort-test-1"]) < ABORT_TOKENS
     assert [finished.get("abort-test-0"), finished.get("abort-test-2")] == [
         expected[0], expected[2]], "aborting one request changed the others"
-    # the engine serves on
-    assert _ids(llm.generate(prompts[:1], _greedy(ABORT_TOKENS))) == expected[:1]
+    # the engine serves on (a few tokens show it)
+    assert _ids(llm.generate(prompts[:1], _greedy(8))) == [expected[0][:8]]
 
 
 @pytest.mark.feature("engine.concurrency")
