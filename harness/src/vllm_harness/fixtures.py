@@ -219,6 +219,13 @@ def shutdown(llm: Any) -> None:
         core.shutdown()
 
 
+def _core_in_process(llm: Any) -> bool:
+    from vllm.v1.engine.core_client import InprocClient
+
+    return isinstance(getattr(getattr(llm, "llm_engine", None), "engine_core", None),
+                      InprocClient)
+
+
 class Engines:
     """Builds each engine configuration once per session, shuts all down at the end."""
 
@@ -231,12 +238,19 @@ class Engines:
         return self._engines[name]
 
     def close(self) -> None:
-        """Shuts the engines down side by side: each shutdown mostly waits (up
-        to 5 s) for its core process to exit."""
+        """Shuts the engines down: those with a core process side by side (each
+        shutdown mostly waits, up to 5 s, for its process to exit), those whose
+        core runs here one after another, since each tears down the process's
+        distributed state, which they share."""
         engines = list(self._engines.values())
         self._engines.clear()
-        with ThreadPoolExecutor(max_workers=max(1, len(engines))) as pool:
-            list(pool.map(shutdown, engines))
+        here = [llm for llm in engines if _core_in_process(llm)]
+        apart = [llm for llm in engines if not _core_in_process(llm)]
+        with ThreadPoolExecutor(max_workers=max(1, len(apart))) as pool:
+            waiting = pool.map(shutdown, apart)
+            for llm in here:
+                shutdown(llm)
+            list(waiting)
 
 
 @pytest.fixture(scope="session")
