@@ -18,6 +18,10 @@ os.environ["VLLM_PLUGINS"] = "ascend"
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+# The engines' core runs in the test's process: a core process of its own
+# imports vLLM again (15-20 s of a core per engine). The worker, runner and
+# scheduler are the same either way; tensor parallelism's workers still run apart.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 # Two cores shared by two xdist workers: one thread per engine and per test
 # process (the references run here). Two OpenMP threads in each of two busy
 # processes spin at each other's barriers: the W8A8 references took 8x longer.

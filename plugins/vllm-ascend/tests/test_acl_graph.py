@@ -189,6 +189,7 @@ def test_an_update_must_reissue_the_group_it_names():
 # --- the wrapper vLLM's runner uses ---------------------------------------------------
 
 def test_wrapper_captures_once_and_replays_each_step_with_its_lengths():
+    from vllm.compilation import monitor
     from vllm.compilation.counter import compilation_counter
     from vllm.config import CUDAGraphMode, VllmConfig
     from vllm.forward_context import BatchDescriptor, ForwardContext, override_forward_context
@@ -214,14 +215,23 @@ def test_wrapper_captures_once_and_replays_each_step_with_its_lengths():
         with override_forward_context(context):
             return wrapper()
 
-    for lens in ([5, 9], [6, 10], [7, 11]):
-        out = run(lens, CUDAGraphMode.FULL)
-        torch.testing.assert_close(out, step.expected(lens))
-    assert len(calls) == 1, "the model ran once, to capture; the later steps replayed"
-    assert compilation_counter.num_cudagraph_captured == captures + 1
-    out = run([8, 12], CUDAGraphMode.NONE)  # an eager step runs the model
-    torch.testing.assert_close(out, step.expected([8, 12]))
-    assert len(calls) == 2
+    # As the runner does: capture while vLLM allows it, replay once it forbids it.
+    allowed = monitor.cudagraph_capturing_enabled  # an engine run here before leaves it off
+    try:
+        monitor.set_cudagraph_capturing_enabled(True)
+        out = run([5, 9], CUDAGraphMode.FULL)
+        torch.testing.assert_close(out, step.expected([5, 9]))
+        monitor.set_cudagraph_capturing_enabled(False)
+        for lens in ([6, 10], [7, 11]):
+            out = run(lens, CUDAGraphMode.FULL)
+            torch.testing.assert_close(out, step.expected(lens))
+        assert len(calls) == 1, "the model ran once, to capture; the later steps replayed"
+        assert compilation_counter.num_cudagraph_captured == captures + 1
+        out = run([8, 12], CUDAGraphMode.NONE)  # an eager step runs the model
+        torch.testing.assert_close(out, step.expected([8, 12]))
+        assert len(calls) == 2
+    finally:
+        monitor.set_cudagraph_capturing_enabled(allowed)
 
 
 # --- what a whole model step brings into a graph ---------------------------------------
