@@ -31,6 +31,8 @@ def _collectives(rank: int, port: int, results) -> None:
         "all_gather": comm.all_gather(x, dim=-1),
         "reduce_scatter": comm.reduce_scatter(x, dim=-1),
         "all_gatherv": comm.all_gatherv(x[: rank + 1], dim=0, sizes=[1, 2]),
+        # MoE combine with data parallelism: rank 0 keeps the sums of 2 rows, rank 1 of 4
+        "reduce_scatterv": comm.reduce_scatterv(x, dim=0, sizes=[2, 4]),
         "all_to_all": comm.all_to_all(x),
         "all_to_all_uneven": comm.all_to_all(x, scatter, gather),
     }
@@ -73,6 +75,7 @@ def test_collectives_match_math():
         torch.testing.assert_close(got["all_gather"], torch.cat(xs, dim=-1))
         torch.testing.assert_close(got["reduce_scatter"], total[:, 2 * rank: 2 * rank + 2])
         torch.testing.assert_close(got["all_gatherv"], torch.cat([xs[0][:1], xs[1][:2]]))
+        torch.testing.assert_close(got["reduce_scatterv"], total[:2] if rank == 0 else total[2:])
         # equal slices: rank r receives every rank's r-th half, in rank order
         torch.testing.assert_close(got["all_to_all"],
                                    torch.cat([xs[0][3 * rank: 3 * rank + 3],

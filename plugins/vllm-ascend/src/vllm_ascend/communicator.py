@@ -2,8 +2,16 @@
 
 On NPUs vLLM's base communicator does the work over HCCL. Emulated workers
 talk over gloo, which lacks the ``*_into_tensor`` collectives the base class
-calls; there these forms use the list collectives gloo has. ``all_to_all``
-(MoE token dispatch and combine) is one ``all_to_all_single`` on either.
+calls; there these forms use the list collectives gloo has. The uneven forms
+(``all_gatherv``, ``reduce_scatterv``), which the base class leaves out, use
+the list collectives on both. ``all_to_all`` is one ``all_to_all_single`` on
+either.
+
+With data parallelism, MoE layers get every data-parallel rank's tokens before
+their experts run and give each rank its tokens' sums back after
+(``dispatch_router_logits`` and ``combine``): vLLM's all-gather /
+reduce-scatter manager (``--all2all-backend allgather_reducescatter``) does
+this over the uneven collectives here.
 """
 
 from __future__ import annotations
@@ -11,12 +19,50 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed import ProcessGroup
 from vllm.distributed.device_communicators.base_device_communicator import (
     DeviceCommunicatorBase,
 )
 
 
 class NPUCommunicator(DeviceCommunicatorBase):
+    def __init__(self, cpu_group: ProcessGroup, device: torch.device | None = None,
+                 device_group: ProcessGroup | None = None, unique_name: str = "",
+                 use_all2all: bool = False) -> None:
+        super().__init__(cpu_group, device, device_group, unique_name,
+                         use_all2all=use_all2all)
+        if self.use_all2all:  # the expert-parallel group, with data parallelism
+            from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
+
+            self.all2all_manager = AgRsAll2AllManager(self.cpu_group)
+
+    def dispatch_router_logits(
+        self, hidden_states: torch.Tensor, router_logits: torch.Tensor,
+        is_sequence_parallel: bool = False, extra_tensors: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, ...] | tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        if self.all2all_manager is None:
+            return super().dispatch_router_logits(hidden_states, router_logits,
+                                                  is_sequence_parallel, extra_tensors)
+        return self.all2all_manager.dispatch_router_logits(
+            hidden_states, router_logits, is_sequence_parallel, extra_tensors)
+
+    def dispatch(
+        self, hidden_states: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+        is_sequence_parallel: bool = False, extra_tensors: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, ...] | tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                          list[torch.Tensor]]:
+        if self.all2all_manager is None:
+            return super().dispatch(hidden_states, topk_weights, topk_ids,
+                                    is_sequence_parallel, extra_tensors)
+        return self.all2all_manager.dispatch(hidden_states, topk_weights, topk_ids,
+                                             is_sequence_parallel, extra_tensors)
+
+    def combine(self, hidden_states: torch.Tensor,
+                is_sequence_parallel: bool = False) -> torch.Tensor:
+        if self.all2all_manager is None:
+            return super().combine(hidden_states, is_sequence_parallel)
+        return self.all2all_manager.combine(hidden_states, is_sequence_parallel)
+
     def _on_gloo(self) -> bool:
         return dist.get_backend(self.device_group) == "gloo"
 
@@ -41,8 +87,6 @@ class NPUCommunicator(DeviceCommunicatorBase):
         dim: int = 0,
         sizes: list[int] | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
-        if not self._on_gloo():
-            return super().all_gatherv(input_, dim, sizes)
         tensors = input_ if isinstance(input_, list) else [input_]
         gathered = [self._gather_uneven(t, dim, sizes) for t in tensors]
         return gathered if isinstance(input_, list) else gathered[0]
@@ -102,9 +146,10 @@ class NPUCommunicator(DeviceCommunicatorBase):
     def reduce_scatterv(
         self, input_: torch.Tensor, dim: int = -1, sizes: list[int] | None = None
     ) -> torch.Tensor:
-        if not self._on_gloo():
-            return super().reduce_scatterv(input_, dim, sizes)
-        # gloo has no reduce_scatter: reduce everywhere, keep this rank's slice.
+        if sizes is None and not self._on_gloo():
+            return super().reduce_scatter(input_, dim)
+        # gloo has no reduce_scatter, nor either backend an uneven one: reduce
+        # everywhere, keep this rank's slice.
         total = input_.clone()
         dist.all_reduce(total, group=self.device_group)
         if sizes is None:

@@ -24,7 +24,11 @@ instead: the routing keeps only the choices of that range
 (``active_expert_range``), the two grouped matmuls run the local experts,
 and each token's kept outputs are gathered back through the routing's
 gather index, a dropped choice adding nothing; the runner's all-reduce then
-sums the ranks' partial outputs, as with tensor parallelism. Routing variants
+sums the ranks' partial outputs, as with tensor parallelism. With data
+parallelism the expert ranks span the data-parallel ranks too: vLLM's runner
+hands each layer the tokens of every data-parallel rank (the communicator's
+``dispatch_router_logits``, an all-gather) and gives each rank the sums for its
+own tokens back (``combine``, a reduce-scatter). Routing variants
 the kernels above do not express, and expert placements that are not one
 contiguous range per rank, are refused when the model is built, with what is
 missing.
@@ -40,7 +44,9 @@ from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
     UnquantizedFusedMoEMethod,
 )
 
-from vllm_ascend import npu_ops
+from vllm_ascend import get_logger, npu_ops
+
+logger = get_logger(__name__)
 
 if TYPE_CHECKING:
     from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
@@ -157,6 +163,9 @@ class AscendFusedMoEMethod(UnquantizedFusedMoEMethod):
         self.w2_kn = layer.w2_weight.transpose(1, 2)
         self.expert_range = (None if layer.expert_map is None
                              else local_expert_range(layer.expert_map))
+        if self.expert_range is not None:
+            logger.info_once("vllm-ascend: MoE layers hold experts [%d, %d) of %d",
+                             *self.expert_range, layer.global_num_experts)
 
     def apply_monolithic(self, layer: RoutedExperts, x: torch.Tensor,
                          router_logits: torch.Tensor,

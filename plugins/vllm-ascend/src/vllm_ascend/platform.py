@@ -266,16 +266,14 @@ class NPUPlatform(Platform):
             cls.check_if_supports_dtype(vllm_config.model_config.dtype)
             cls._check_modelslim_checkpoint(vllm_config.model_config)
         parallel = vllm_config.parallel_config
-        model = vllm_config.model_config
-        if (parallel.enable_expert_parallel and model is not None and model.is_moe
-                and parallel.data_parallel_size > 1):
-            # Across data-parallel ranks each rank's tokens would have to be sent
-            # to the experts' ranks (vLLM's all2all managers): not implemented.
-            raise NotImplementedError(
-                "vllm-ascend runs expert parallelism across the tensor-parallel ranks of one "
-                "data-parallel rank; with --data-parallel-size "
-                f"{parallel.data_parallel_size} it would need an all-to-all token dispatch, "
-                "which is not supported yet")
+        if parallel.use_all2all and parallel.all2all_backend != "allgather_reducescatter":
+            # MoE tokens travel between data-parallel ranks through the
+            # communicator's all-gather and reduce-scatter; the other backends
+            # are CUDA libraries.
+            raise ValueError(
+                "vllm-ascend sends MoE tokens between data-parallel ranks by all-gather and "
+                "reduce-scatter (--all2all-backend allgather_reducescatter); "
+                f"{parallel.all2all_backend!r} is not available on Ascend NPUs")
         if parallel.worker_cls == "auto":
             parallel.worker_cls = ("vllm_ascend.worker.EmulatedNPUWorker" if cls.emulated
                                    else "vllm_ascend.worker.NPUWorker")
