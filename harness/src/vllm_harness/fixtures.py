@@ -8,6 +8,7 @@ same name (``--dist loadgroup``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -316,23 +317,17 @@ class Server:
         return total
 
 
-@pytest.fixture(scope="session")
-def server(profile: Profile, model_dir: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real ``vllm serve`` on 127.0.0.1 for the whole session."""
+@contextlib.contextmanager
+def serving(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``vllm serve`` with ``args`` on 127.0.0.1, its output in ``log``: its URL
+    once /health answers (the test fails if it exits or is not healthy in 300
+    s), stopped on leaving."""
     import requests
 
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    dtype = server_dtype(profile)
-    args = engine_kwargs(profile)
-    args.pop("disable_log_stats", None)
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir,
-           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
-           "--dtype", dtype, *cli_args(args), *profile.server_args]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *args,
+           "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "w") as out:
-        # served as a user serves it: the in-process setting is for the suites' LLMs
-        env = {k: v for k, v in os.environ.items() if k not in IN_PROCESS_ENV}
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -349,13 +344,28 @@ def server(profile: Profile, model_dir: str,
             if time.monotonic() > deadline:
                 pytest.fail(f"vllm serve not healthy in 300 s:\n{log.read_text()[-4000:]}")
             time.sleep(1)
-        yield Server(url, log, dtype, profile.max_model_len)
+        yield url
     finally:
         proc.terminate()
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(profile: Profile, model_dir: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real ``vllm serve`` for the whole session."""
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    dtype = server_dtype(profile)
+    args = engine_kwargs(profile)
+    args.pop("disable_log_stats", None)
+    # served as a user serves it: the in-process setting is for the suites' LLMs
+    env = {k: v for k, v in os.environ.items() if k not in IN_PROCESS_ENV}
+    with serving([model_dir, "--served-model-name", SERVED_NAME, "--dtype", dtype,
+                  *cli_args(args), *profile.server_args], log, env) as url:
+        yield Server(url, log, dtype, profile.max_model_len)
 
 
 @pytest.fixture(scope="session")

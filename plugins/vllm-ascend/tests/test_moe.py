@@ -6,12 +6,8 @@ MLPs as 8 experts, all routed.)"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -127,43 +123,24 @@ def test_expert_parallelism_across_data_parallel_ranks(moe_dir, hf_moe, tmp_path
     runs dummy steps to take part. Greedy tokens equal transformers'."""
     import requests
 
-    from vllm_harness.fixtures import free_port
+    from vllm_harness.fixtures import serving
 
-    port, log = free_port(), tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", moe_dir,
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "512", "--max-num-seqs", "4",
-           "--data-parallel-size", "2", "--enable-expert-parallel",
-           "--additional-config", json.dumps({"ascend": {"device_memory": "1536MiB"}})]
+    log = tmp_path / "serve.log"
+    args = [moe_dir, "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "4",
+            "--data-parallel-size", "2", "--enable-expert-parallel",
+            "--additional-config", json.dumps({"ascend": {"device_memory": "1536MiB"}})]
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, f"vllm serve exited:\n{log.read_text()[-4000:]}"
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"not healthy in 300 s:\n{log.read_text()[-4000:]}"
-            time.sleep(1)
+    with serving(args, log, env) as url:
         served = log.read_text()
         for experts in ("[0, 4) of 8", "[4, 8) of 8"):
             assert f"MoE layers hold experts {experts}" in served, experts
         body = {"model": moe_dir, "prompt": PROMPTS, "max_tokens": 16, "temperature": 0,
                 "ignore_eos": True, "return_token_ids": True}
         choices = requests.post(f"{url}/v1/completions", json=body, timeout=300).json()["choices"]
-        assert len(choices) == len(PROMPTS)
-        for choice in choices:
-            prompt = PROMPTS[choice["index"]]
-            assert choice["token_ids"] == hf_greedy(hf_moe, prompt, 16), prompt[:40]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    assert len(choices) == len(PROMPTS)
+    for choice in choices:
+        prompt = PROMPTS[choice["index"]]
+        assert choice["token_ids"] == hf_greedy(hf_moe, prompt, 16), prompt[:40]
 
 
 def test_an_all_to_all_backend_of_cuda_kernels_is_refused(moe_dir):

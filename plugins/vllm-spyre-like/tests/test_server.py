@@ -4,9 +4,6 @@ fits gets HTTP 400 naming the shapes, and the server keeps serving."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -14,49 +11,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("server")]
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, free_port, tmp_path_factory):
-    import requests
+def server(model_dir, tmp_path_factory):
+    from vllm_harness.fixtures import serving
 
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     env = dict(os.environ,
                VLLM_SPYRE_LIKE_WARMUP_PROMPT_LENS="64,128",
                VLLM_SPYRE_LIKE_WARMUP_NEW_TOKENS="20,8",
                VLLM_SPYRE_LIKE_WARMUP_BATCH_SIZES="4,2",
                VLLM_SPYRE_LIKE_COMPILE_BACKEND="eager")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir,
-           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "m",
-           "--dtype", "float32", "--max-model-len", "256"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited:\n{log.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve not healthy in 300 s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
+    args = [model_dir, "--served-model-name", "m", "--dtype", "float32",
+            "--max-model-len", "256"]
+    with serving(args, log, env) as url:
         yield url, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@pytest.fixture(scope="module")
-def free_port():
-    from vllm_harness.fixtures import free_port as pick
-
-    return pick
 
 
 def complete(url: str, prompt, max_tokens: int):
