@@ -119,8 +119,8 @@ def test_expert_parallelism_across_data_parallel_ranks(moe_dir, hf_moe, tmp_path
     """``vllm serve --data-parallel-size 2 --enable-expert-parallel``: two
     engine cores, each a rank of four whole experts. Every MoE layer gathers
     both ranks' tokens, runs its experts on them and hands each rank the sums
-    for its own tokens back; requests spread over both ranks, and an idle rank
-    runs dummy steps to take part. Greedy tokens equal transformers'."""
+    for its own tokens back (a rank without requests runs dummy steps to take
+    part). Greedy tokens equal transformers'."""
     import requests
 
     from vllm_harness.fixtures import serving
