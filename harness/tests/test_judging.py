@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -19,7 +23,11 @@ from vllm_harness.judge import (
     Cell,
     Results,
     combine,
+    exception_outcome,
+    is_refusal,
     judge,
+    refusal_reason,
+    shorten,
 )
 
 BASE = {
@@ -181,8 +189,6 @@ def test_scoreboard_needs_its_markers(tmp_path: Path):
 def test_refusal_reason_drops_pydantic_wrapping():
     from pydantic import BaseModel, field_validator
 
-    from vllm_harness.pytest_plugin import is_refusal, refusal_reason
-
     class Config(BaseModel):
         dtype: str
 
@@ -196,6 +202,83 @@ def test_refusal_reason_drops_pydantic_wrapping():
     assert is_refusal(info.value)
     assert refusal_reason(info.value) == "p does not support dtype=float16; use float32"
     assert refusal_reason(NotImplementedError("no\n  sliding window")) == "no sliding window"
+
+
+REASON = ("spyre_like continuous batching prefills each prompt in one step, so "
+          "max_num_batched_tokens=64 must be at least max_model_len=512")
+
+
+def _vllm_config_error() -> ValueError:
+    """What vLLM raises for a config a platform refuses: its config classes are
+    pydantic dataclasses, so the platform's ValueError arrives wrapped."""
+    from pydantic.dataclasses import dataclass
+
+    @dataclass
+    class VllmConfig:
+        max_num_batched_tokens: int = 64
+
+        def __post_init__(self) -> None:
+            raise ValueError(REASON)
+
+    with pytest.raises(ValueError) as info:
+        VllmConfig()
+    assert str(info.value).startswith("1 validation error for VllmConfig\n  Value error, ")
+    return info.value
+
+
+def test_suites_record_the_reason_inside_pydantic_wrapping():
+    from vllm_harness.pytest_plugin import _raw_outcome
+
+    exc = _vllm_config_error()
+    assert exception_outcome(exc) == ("refused", REASON)
+    report: Any = SimpleNamespace(skipped=False, passed=False, longrepr="E   ...")
+    call: Any = SimpleNamespace(excinfo=SimpleNamespace(value=exc))
+    assert _raw_outcome(report, call) == ("refused", REASON)
+    assert judge(False, *_raw_outcome(report, call)).message == REASON
+    call.excinfo.value = RuntimeError("boom")
+    assert _raw_outcome(report, call) == ("failed", "RuntimeError: boom")
+    call.excinfo = None
+    assert _raw_outcome(report, call) == ("failed", "E   ...")
+
+
+def test_a_reason_is_one_line_cut_at_a_word():
+    reason = refusal_reason(ValueError("the platform refuses " + "everything " * 60))
+    assert len(reason) <= 400 and reason.endswith(" everything…") and "\n" not in reason
+
+
+@pytest.mark.parametrize(("text", "limit", "want"), [
+    ("short enough", 12, "short enough"),
+    ("bounds the agreement with the model", 31, "bounds the agreement with the…"),
+    ("bounds the agreement with the model", 30, "bounds the agreement with the…"),
+    ("bounds the agreement with the model", 29, "bounds the agreement with…"),
+    ("cut at a space ", 9, "cut at a…"),
+    ("one\nline per word", 7, "one…"),
+    ("unbreakable", 6, "unbre…"),  # no word boundary: cut where it must
+])
+def test_shorten_cuts_at_a_word_boundary(text, limit, want):
+    got = shorten(text, limit)
+    assert got == want and len(got) <= limit
+
+
+def test_scoreboard_notes_end_on_a_whole_word(tmp_path: Path):
+    detail = ("not claimed, refusal not observable: int8 weights and activations do not "
+              "give fp32 transformers' tokens (nor does transformers load the checkpoint): "
+              "correctness.derived bounds the agreement with the model it was written from")
+    _results("a", correctness__greedy_fp32=Cell(SKIPPED, False, detail)).write(
+        tmp_path / "a.suite.json")
+    [note] = [line for line in scoreboard.markdown(scoreboard.collect(tmp_path)).splitlines()
+              if line.startswith("- ")]
+    assert note.endswith("bounds the agreement with the…")
+
+
+def test_fixtures_do_not_import_the_pytest_plugin():
+    """The plugin registers the fixtures (``pytest_plugins``); the fixtures take
+    the environment from :mod:`vllm_harness.env`, not from the plugin."""
+    code = ("import sys, vllm_harness.fixtures\n"
+            "assert 'vllm_harness.pytest_plugin' not in sys.modules, 'imported the plugin'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_top1_agreement_counts_exact_ties():

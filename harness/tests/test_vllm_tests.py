@@ -8,13 +8,17 @@ import os
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import pytest
+from pydantic.dataclasses import dataclass
 
 from vllm_harness import vllm_tests
 from vllm_harness.declaration import parse
-from vllm_harness.judge import FAIL, PASS, REFUSED, SKIPPED, Results
+from vllm_harness.judge import FAIL, PASS, REFUSED, SKIPPED, Results, is_refusal
 from vllm_harness.vllm_tests import (
     GROUPS,
     Outcome,
@@ -26,6 +30,7 @@ from vllm_harness.vllm_tests import (
     read_outcomes,
     substitute,
 )
+from vllm_harness.vllm_tests import plugin as vllm_plugin
 
 
 def test_substitute_replaces_hub_ids_only(tmp_path: Path) -> None:
@@ -170,11 +175,66 @@ def test_group_cell_judges_by_claim() -> None:
 
 
 def test_is_refusal_needs_a_clean_exception_with_a_reason() -> None:
-    assert vllm_tests._is_refusal(ValueError("dtype float16 is not supported"))
-    assert vllm_tests._is_refusal(NotImplementedError("no beam search"))
-    assert not vllm_tests._is_refusal(ValueError(""))
-    assert not vllm_tests._is_refusal(RuntimeError("crash"))
-    assert not vllm_tests._is_refusal(AssertionError("wrong"))
+    assert is_refusal(ValueError("dtype float16 is not supported"))
+    assert is_refusal(NotImplementedError("no beam search"))
+    assert not is_refusal(ValueError(""))
+    assert not is_refusal(NotImplementedError())
+    assert not is_refusal(RuntimeError("crash"))
+    assert not is_refusal(AssertionError("wrong"))
+
+
+REASON = ("spyre_like continuous batching prefills each prompt in one step, so "
+          "max_num_batched_tokens=64 must be at least max_model_len=512")
+
+
+@dataclass
+class VllmConfig:
+    """Fails as vLLM's own config does: a pydantic dataclass whose check raises
+    ValueError, which pydantic wraps in "1 validation error for VllmConfig"."""
+
+    max_num_batched_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        raise ValueError(REASON)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _record_phase(nodeid: str, when: Literal["setup", "call", "teardown"],
+                  func: Callable[[], object]) -> None:
+    """What the subprocess's plugin records for one phase that runs ``func``."""
+    item: Any = SimpleNamespace(nodeid=nodeid)
+    vllm_plugin.pytest_runtest_makereport(item, pytest.CallInfo.from_call(func, when))
+
+
+def test_record_keeps_the_refusal_reason_inside_pydantic_wrapping(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "o.jsonl"
+    monkeypatch.setenv(vllm_plugin.ENV_OUTCOMES, str(path))
+    test = "tests/entrypoints/llm/test_generate.py::test_max_model_len"
+    _record_phase(test, "setup", lambda: None)
+    _record_phase(test, "call", VllmConfig)
+    with pytest.raises(ValueError, match="1 validation error for VllmConfig"):
+        VllmConfig()  # the wrapping is there, and the record sees through it
+    [outcome] = read_outcomes(path)
+    assert outcome == Outcome(test, "refused", f"{test} (call): {REASON}")
+    cell = group_cell([outcome], claimed=False)
+    assert cell.status == REFUSED and cell.detail == f"{test} (call): {REASON}"
+
+
+def test_record_of_a_failure_names_the_error_cut_at_a_word(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "o.jsonl"
+    monkeypatch.setenv(vllm_plugin.ENV_OUTCOMES, str(path))
+    _record_phase("t", "call", lambda: _raise(RuntimeError("word " * 200)))
+    _record_phase("e", "call", lambda: _raise(ValueError("")))  # no reason: no refusal
+    failed, empty = read_outcomes(path)
+    assert failed.outcome == "failed"
+    assert failed.message.startswith("t (call): RuntimeError: word word")
+    assert failed.message.endswith(" word…") and len(failed.message) <= len("t (call): ") + 500
+    assert empty == Outcome("e", "failed", "e (call): ValueError:")
 
 
 def test_groups_name_vllm_features_and_files() -> None:
@@ -217,9 +277,9 @@ def test_run_writes_one_cell_per_group(tmp_path: Path,
         "fake", "vllm-fake", "1.0", "test")[0]
     outcomes = {"vllm.sampler": [Outcome("s", "passed")],
                 "vllm.llm_chat": [Outcome("c", "refused", "c (call): ValueError: no chat")]}
-    monkeypatch.setattr(vllm_tests, "tests_root", lambda: tmp_path)
+    monkeypatch.setattr(vllm_tests.runner, "tests_root", lambda: tmp_path)
     monkeypatch.setattr("vllm_harness.models.prepare", lambda *a, **k: tmp_path)
-    monkeypatch.setattr(vllm_tests, "run_groups",
+    monkeypatch.setattr(vllm_tests.runner, "run_groups",
                         lambda profile, groups, root, model, log: {
                             g: vllm_tests.GroupRun(outcomes[g], 1.0) for g in groups})
     assert vllm_tests.run(profile, tmp_path, ["vllm.sampler", "vllm.llm_chat"])
@@ -247,9 +307,9 @@ def test_run_pytest_stops_a_hung_group_with_its_children(tmp_path: Path) -> None
               "print('started', flush=True)\n"
               "time.sleep(60)\n")
     start = time.monotonic()
-    code, out = vllm_tests._run_pytest([sys.executable, "-c", script], tmp_path,
+    code, out = vllm_tests.runner._run_pytest([sys.executable, "-c", script], tmp_path,
                                        dict(os.environ), timeout=3)
     assert code is None and "started" in out
     assert time.monotonic() - start < 30  # communicate() returned: the child died too
-    assert vllm_tests._run_pytest([sys.executable, "-c", "print('hi')"], tmp_path,
+    assert vllm_tests.runner._run_pytest([sys.executable, "-c", "print('hi')"], tmp_path,
                                   dict(os.environ), timeout=30) == (0, "hi\n")

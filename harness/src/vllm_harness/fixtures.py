@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from vllm_harness.declaration import Profile
-from vllm_harness.pytest_plugin import IN_PROCESS_ENV
+from vllm_harness.env import IN_PROCESS_ENV
 
 PROMPTS = [
     "The quick brown fox",

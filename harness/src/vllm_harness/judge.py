@@ -5,17 +5,71 @@ error that says why (a 4xx, a ``ValueError`` or ``NotImplementedError`` with a
 message), never a wrong answer, a crash or a hang. An unclaimed feature that
 works is reported as "could claim". Where a refusal cannot be observed the
 declaration says why, and the feature is skipped with that reason.
+
+The suites' pytest plugin and the runner of vLLM's own tests both read a
+test's exception through :func:`exception_outcome`, so a refusal means the
+same thing, and gives the same reason, in every row of the scoreboard.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PASS, FAIL, REFUSED, SKIPPED, COULD_CLAIM = "pass", "fail", "refused", "skipped", "could claim"
 #: Worst first: a feature's cell is the worst status among its tests.
 ORDER = (FAIL, REFUSED, PASS, COULD_CLAIM, SKIPPED)
+
+
+#: A refusal's reason is kept to this many characters: enough for any sentence
+#: that explains a refusal, short of a dump of the config it refused.
+REASON_LIMIT = 400
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut after a whole word and
+    marked with "…" when longer: a note cut mid-word reads as a typo."""
+    if len(text) <= limit:
+        return text
+    head = text[:max(limit - 1, 0)]  # room for the ellipsis
+    if limit > 1 and not text[limit - 1].isspace():  # the cut falls inside a word
+        last = re.search(r"\s\S*$", head)
+        if last and head[:last.start()].strip():
+            head = head[:last.start()]
+    return head.rstrip() + "…"
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """A clean refusal: an error that explains itself, raised before any wrong
+    result (validation errors, 4xx answers, unsupported settings). Without a
+    message it explains nothing, so it is no refusal."""
+    if isinstance(exc, NotImplementedError | ValueError):
+        return bool(str(exc).strip())
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - openai is a dependency
+        return False
+    return isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The refusal's reason on one line: pydantic wraps a validator's message
+    in a header ("1 validation error for VllmConfig") and a ``[type=...]``
+    trailer, which say nothing to a reader."""
+    text = " ".join(str(exc).split())
+    if "Value error, " in text:
+        text = text.split("Value error, ", 1)[1].split(" [type=", 1)[0]
+    return shorten(text, REASON_LIMIT)
+
+
+def exception_outcome(exc: BaseException) -> tuple[str, str]:
+    """How a test's exception enters :func:`judge`: ``refused`` with its
+    reason, or ``failed`` with the error's type and message."""
+    if is_refusal(exc):
+        return "refused", refusal_reason(exc)
+    return "failed", f"{type(exc).__name__}: {exc}".strip()
 
 
 @dataclass
@@ -26,7 +80,8 @@ class Verdict:
 
 
 def judge(claimed: bool, outcome: str, message: str) -> Verdict:
-    """``outcome`` is ``passed``, ``failed``, ``skipped`` or ``refused``."""
+    """``outcome`` is ``passed``, ``failed``, ``skipped`` or ``refused`` (an
+    exception's comes from :func:`exception_outcome`)."""
     if outcome == "skipped":
         return Verdict(SKIPPED, True, message)
     if claimed:

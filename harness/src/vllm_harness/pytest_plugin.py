@@ -17,30 +17,9 @@ from typing import Any
 import pytest
 
 from vllm_harness import declaration
-from vllm_harness.judge import Cell, Results, judge
+from vllm_harness.env import COMMON_ENV, DEFAULT_ENV, IN_PROCESS_ENV
+from vllm_harness.judge import Cell, Results, exception_outcome, judge, shorten
 
-#: Settings every harness process gets: no hub, loopback only.
-COMMON_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "VLLM_HOST_IP": "127.0.0.1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "VLLM_NO_USAGE_STATS": "1",
-}
-#: Defaults a user's environment overrides: one OpenMP thread per process. The
-#: suites' two workers, and vLLM's tests beside them, share the cores; two
-#: OpenMP threads in each of two busy processes spin at each other's barriers
-#: (a transformers reference ran 8x slower). Engines take their threads from
-#: the plugin's own settings.
-DEFAULT_ENV = {"OMP_NUM_THREADS": "1"}
-#: The suites' offline engines (``LLM``) run their engine core in the test's
-#: process: a core process of its own imports vLLM again (about 15 s of a core
-#: per engine, four engines and more per profile). The platform's worker, model
-#: runner and scheduler are the same either way; the process boundary is still
-#: crossed by the server (``vllm serve`` always runs its core apart, and gets
-#: the user's environment without this), by tensor parallelism's workers and by
-#: the registration probes. A default: ``VLLM_ENABLE_V1_MULTIPROCESSING=1``
-#: in the caller's environment runs them apart.
-IN_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 _RESULTS_KEY = pytest.StashKey[Results]()
 _PROFILE_KEY = pytest.StashKey[declaration.Profile]()
 
@@ -98,27 +77,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def is_refusal(exc: BaseException) -> bool:
-    """A clean refusal: an error that explains itself, raised before any
-    wrong result (validation errors, 4xx answers, unsupported settings)."""
-    if isinstance(exc, NotImplementedError | ValueError):
-        return True
-    try:
-        import openai
-    except ImportError:  # pragma: no cover - openai is a dependency
-        return False
-    return isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500
-
-
-def refusal_reason(exc: BaseException) -> str:
-    """The refusal's reason on one line: pydantic wraps a validator's message
-    in a header and a ``[type=...]`` trailer, which say nothing to a reader."""
-    text = " ".join(str(exc).split())
-    if "Value error, " in text:
-        text = text.split("Value error, ", 1)[1].split(" [type=", 1)[0]
-    return text[:400]
-
-
 def _raw_outcome(report: pytest.TestReport, call: pytest.CallInfo[Any]) -> tuple[str, str]:
     if report.skipped:
         longrepr = report.longrepr
@@ -126,11 +84,9 @@ def _raw_outcome(report: pytest.TestReport, call: pytest.CallInfo[Any]) -> tuple
         return "skipped", reason.removeprefix("Skipped: ")
     if report.passed:
         return "passed", ""
-    exc = call.excinfo.value if call.excinfo else None
-    message = f"{type(exc).__name__}: {exc}" if exc is not None else str(report.longrepr)
-    if exc is not None and is_refusal(exc):
-        return "refused", refusal_reason(exc)
-    return "failed", message.strip()
+    if call.excinfo is None:  # failed with no exception of its own to read
+        return "failed", str(report.longrepr).strip()
+    return exception_outcome(call.excinfo.value)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -159,7 +115,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         report.outcome = "passed"
         report.longrepr = None
     elif not verdict.ok:
-        header = f"[{profile.column}] {feature}: {verdict.message.splitlines()[0][:500]}"
+        header = f"[{profile.column}] {feature}: {shorten(verdict.message.splitlines()[0], 500)}"
         report.outcome = "failed"
         report.longrepr = f"{header}\n\n{report.longrepr}"
 
@@ -190,7 +146,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.section(f"vllm-harness verdicts: {results.column} ({results.hardware})")
     for feature, cell in sorted(results.features.items()):
         claim = "claimed" if cell.claimed else "not claimed"
-        detail = f"  {cell.detail.splitlines()[0][:160]}" if cell.detail else ""
+        detail = f"  {shorten(cell.detail.splitlines()[0], 160)}" if cell.detail else ""
         terminalreporter.write_line(f"{cell.status:<12} {feature:<32} {claim}{detail}")
 
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from vllm_harness.declaration import Profile
+from vllm_harness.env import COMMON_ENV, DEFAULT_ENV
 from vllm_harness.features import SUITES
-from vllm_harness.pytest_plugin import COMMON_ENV, DEFAULT_ENV
 
 #: A hung engine or server fails its test instead of the whole run.
 TEST_TIMEOUT_S = 900

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_harness.features import FEATURES
-from vllm_harness.judge import COULD_CLAIM, FAIL, PASS, REFUSED, SKIPPED, Cell, Results
+from vllm_harness.judge import COULD_CLAIM, FAIL, PASS, REFUSED, SKIPPED, Cell, Results, shorten
 
 START = "<!-- scoreboard:start -->"
 END = "<!-- scoreboard:end -->"
@@ -80,7 +80,7 @@ def markdown(columns: dict[str, Results]) -> str:
             cells.append(f"{ICON[cell.status]}{claim} · {hw}")
             if cell.status in (SKIPPED, REFUSED, FAIL) and cell.detail:
                 notes.append(f"- `{name}` {feature}, {cell.status}: "
-                             f"{cell.detail.splitlines()[0][:200]}")
+                             f"{shorten(cell.detail.splitlines()[0], 200)}")
         lines.append(f"| {_title(feature)} <sub>`{feature}`</sub> | " + " | ".join(cells) + " |")
     legend = ("✅ claimed and passed · ❌ failed (a claim that does not hold, or an unclaimed "
               "feature neither refused nor working) · ⛔ not claimed, refused with a reason · "
