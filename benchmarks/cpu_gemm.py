@@ -1,9 +1,11 @@
 """The default model's linear layers on the CPU: F.linear against packed oneDNN.
 
-Two tables. First each projection shape alone, repeated on one weight (so the
+Three tables. First each projection shape alone, repeated on one weight (so the
 weight stays in cache): what the kernels can do. Then a whole decode step's
 products, the 30 layers' weights and the LM head in turn, which no cache holds:
-what memory bandwidth allows.
+what memory bandwidth allows. Last, where the host has no native bfloat16 GEMM,
+torch's bfloat16 product against the widened one (float32, rounded back) by row
+count: where ``vllm_plugin_kit.linear.MIN_ROWS`` comes from.
 
     python benchmarks/cpu_gemm.py
 """
@@ -35,7 +37,7 @@ def timed(fn, repeats: int) -> float:
 def packed(weight: torch.Tensor):
     """The product as vllm-cpu-sim runs it: its packed weight (bfloat16 widened to
     float32 where oneDNN cannot pack bfloat16 on this CPU)."""
-    from vllm_cpu_sim.linear import pack_weight, packed_linear
+    from vllm_plugin_kit.linear import pack_weight, packed_linear
 
     w = pack_weight(weight)
     return lambda x: packed_linear(x, w, weight.shape[0], None)
@@ -43,8 +45,8 @@ def packed(weight: torch.Tensor):
 
 def main() -> None:
     from throughput import machine
-
-    from vllm_cpu_sim.linear import supported
+    from vllm_plugin_kit.linear import host_has_native_bf16_gemm
+    from vllm_plugin_kit.linear import packs as supported
 
     torch.manual_seed(0)
     print(f"\nCommand: `{shlex.join(['python', *sys.argv])}`  ")
@@ -89,6 +91,22 @@ def main() -> None:
         nbytes = (LAYERS * sum(n * k for n, k in layer_shapes) + 49152 * 576) * size
         print(f"| {str(dtype)[6:]} | {elapsed * 1e3:.1f} | {nbytes / 1e6:.0f} "
               f"| {nbytes / elapsed / 1e9:.1f} |")
+
+
+    if host_has_native_bf16_gemm():
+        print("\nThis host multiplies bfloat16 natively: nothing is widened.")
+        return
+    print("\n| rows | shape | torch bfloat16 (us) | widened to float32 (us) | ratio |")
+    print("|---|---|---|---|---|")
+    for rows in (1, 2, 4, 8, 16, 64):
+        for name in ("qkv", "gate_up", "down"):
+            n, k = SHAPES[name]
+            weight = torch.randn(n, k).bfloat16()
+            x = torch.randn(rows, k).bfloat16()
+            plain = timed(lambda w=weight, x=x: F.linear(x, w), 50)
+            wide = timed(lambda w=weight, x=x: F.linear(x.float(), w.float()).bfloat16(), 50)
+            print(f"| {rows} | {name} {n}x{k} | {plain * 1e6:.0f} | {wide * 1e6:.0f} "
+                  f"| {plain / wide:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -52,12 +52,13 @@ fi
 # leaned on four clean downloads. A stamp of the pins and the projects'
 # requirements skips this when nothing changed; a dropped connection is retried.
 fill_wheelhouse() {
-    local stamp projects=("$ROOT/harness")
+    local stamp projects=("$ROOT/harness" "$ROOT/libs/vllm-plugin-kit")
     for dir in "$ROOT"/plugins/vllm-*/; do
         [ -f "$dir/pyproject.toml" ] && projects+=("${dir%/}[test]")
     done
     stamp="$WHEELHOUSE/.deps-$(cat "$ROOT/ci/constraints.txt" "$ROOT"/harness/pyproject.toml \
-        "$ROOT"/plugins/vllm-*/pyproject.toml | sha256sum | cut -c1-16)"
+        "$ROOT"/libs/*/pyproject.toml "$ROOT"/plugins/vllm-*/pyproject.toml \
+        | sha256sum | cut -c1-16)"
     [ -f "$stamp" ] && return 0
     step "fetching the test environments' dependencies into $WHEELHOUSE once"
     local attempt

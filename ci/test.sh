@@ -22,14 +22,15 @@ else
     envs+=(harness)
 fi
 envs=$(IFS=,; echo "lint,${envs[*]}")
-# Every environment installs the harness, and two pip builds of one source tree
-# at a time collide in its build/ folder (setuptools builds in the tree): it is
-# built once here, and tox.ini installs this wheel in its place.
-harness_wheel_dir=$ROOT/.tox/.harness-wheel
-rm -rf "$harness_wheel_dir"
-pip wheel --quiet --no-deps --no-build-isolation -w "$harness_wheel_dir" ./harness
-VLLM_HARNESS_WHEEL=$(echo "$harness_wheel_dir"/vllm_harness-*.whl)
-export VLLM_HARNESS_WHEEL
+# Every environment installs the harness and the plugin kit, and two pip builds
+# of one source tree at a time collide in its build/ folder (setuptools builds
+# in the tree): each is built once here, and tox.ini installs these wheels.
+wheel_dir=$ROOT/.tox/.local-wheels
+rm -rf "$wheel_dir"
+pip wheel --quiet --no-deps --no-build-isolation -w "$wheel_dir" ./harness ./libs/vllm-plugin-kit
+VLLM_HARNESS_WHEEL=$(echo "$wheel_dir"/vllm_harness-*.whl)
+VLLM_PLUGIN_KIT_WHEEL=$(echo "$wheel_dir"/vllm_plugin_kit-*.whl)
+export VLLM_HARNESS_WHEEL VLLM_PLUGIN_KIT_WHEEL
 # Installing is one core's work (unpacking torch, vLLM and their dependencies),
 # so the environments are built two at a time first; the tests then run one
 # environment after another, each on both cores.

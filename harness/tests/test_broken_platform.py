@@ -2,7 +2,7 @@
 the feature and the difference.
 
 The fixture plugin is the scaffold with two faults put in: its attention
-returns the negated result, and its declaration claims float16, which its
+negates the result it computed, and its declaration claims float16, which its
 platform refuses.
 """
 
@@ -34,9 +34,11 @@ def _env() -> dict[str, str]:
 def _break(plugin: Path) -> None:
     attention = plugin / "src" / f"vllm_{IDENT}" / "attention.py"
     text = attention.read_text()
-    last = "            out[start:end] = attended.transpose(0, 1).to(out.dtype)\n"
-    assert last in text, "the scaffold's attention changed: update this fixture"
-    attention.write_text(text.replace(last, last.replace("= attended", "= -attended")))
+    owner = "    OWNER = PLUGIN\n"
+    assert owner in text, "the scaffold's attention changed: update this fixture"
+    attention.write_text(text.replace(owner, owner + (
+        "\n    def forward(self, *args, **kwargs):\n"
+        "        return super().forward(*args, **kwargs).neg_()\n")))
     declaration = plugin / "src" / f"vllm_{IDENT}" / "capabilities.toml"
     text = declaration.read_text()
     assert '    "correctness.logprobs",\n' in text

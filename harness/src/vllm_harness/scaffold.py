@@ -9,7 +9,9 @@ tox, ``ci/test.sh`` and the CI matrix find the folder by its name, with no edit.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,7 +70,21 @@ def create(name: str, dest: Path, *, overwrite: bool = False) -> Path:
         overwrite=overwrite,
         quiet=True,
     )
+    write_settings_table(target, f"vllm_{name.replace('-', '_')}")
     return target
+
+
+def write_settings_table(target: Path, package: str) -> None:
+    """Fill the README's settings table from the generated ``envs.SETTINGS``, as
+    vllm-plugin-kit renders it (the generated tests check the two agree)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(target / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run(
+        [sys.executable, "-m", "vllm_plugin_kit", "readme", str(target / "README.md"),
+         f"{package}.envs:SETTINGS"], capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise ScaffoldError(f"could not write the README's settings table (is vllm-plugin-kit "
+                            f"installed?): {result.stderr.strip()[-1000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ident = args.name.replace("-", "_")
     print(f"created {target}\n\nnext steps:")
-    print(f"  pip install -c ci/constraints.txt --no-build-isolation -e '{target}[test]'")
+    print(f"  pip install -c ci/constraints.txt --no-build-isolation ./libs/vllm-plugin-kit "
+          f"-e '{target}[test]'")
     print(f"  VLLM_PLUGINS={ident} python -c "
           "\"from vllm.platforms import current_platform; print(current_platform)\"")
     print(f"  tox -e {args.name}          # its own tests, then the harness's suites on it")

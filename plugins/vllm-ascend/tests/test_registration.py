@@ -169,3 +169,23 @@ def test_npu_platform_picks_the_device_worker(tiny_model_dir):
     assert issubclass(EmulatedNPUWorker, CPUWorker)
     with pytest.raises(ValueError, match="on the NPU does not run dtype=float32"):
         NPUPlatform.check_and_update_config(_config(tiny_model_dir))
+
+
+def test_device_settings_read_as_in_every_plugin():
+    from vllm_plugin_kit.testing import check_device_settings
+
+    from vllm_ascend.envs import SETTINGS
+
+    check_device_settings(SETTINGS)
+
+
+def test_readme_settings_table_is_current():
+    """The README's table is generated from the settings (python -m vllm_plugin_kit
+    readme README.md vllm_ascend.envs:SETTINGS)."""
+    from pathlib import Path
+
+    from vllm_plugin_kit.settings import readme_is_current
+
+    from vllm_ascend.envs import SETTINGS
+
+    assert readme_is_current(Path(__file__).resolve().parents[1] / "README.md", SETTINGS)

@@ -25,11 +25,11 @@ def llm_tight(engines, model_dir):
 
 def test_kv_blocks_follow_device_memory(llm_tight, hf_model):
     """The simulated capacity and the model decide the KV cache size, by formula."""
-    from vllm_cpu_sim.worker import activation_reserve
+    from vllm_plugin_kit.worker import activation_reserve
 
     config = llm_tight.llm_engine.vllm_config
     _, model = hf_model
-    (weights,) = llm_tight.collective_rpc("_weights_bytes")
+    (weights,) = llm_tight.collective_rpc("weights_bytes")
     # the worker counts what the model holds: transformers' parameters, plus
     # vLLM's rotary cos/sin table, plus the LM head's packed copy when the
     # head is tied to the embedding (whose lookups still read the original)

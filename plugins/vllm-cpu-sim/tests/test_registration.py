@@ -50,7 +50,8 @@ def test_platform_shape():
     assert platform.is_out_of_tree() and not platform.is_cpu()
     assert CpuSimPlatform._enum is PlatformEnum.OOT
     assert CpuSimPlatform.dist_backend == "gloo"
-    assert CpuSimPlatform.get_device_communicator_cls().endswith("CpuSimCommunicator")
+    assert CpuSimPlatform.get_device_communicator_cls().endswith("GlooCommunicator")
+    assert "VLLM_CPU_SIM_DEVICE_MEMORY" in CpuSimPlatform.additional_env_vars
 
 
 def test_vllm_cleanup_works_in_the_users_process():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_spyre_like.envs import WarmupShape, batching_mode, compile_backend
+from vllm_spyre_like.envs import SpyreLikeConfig, WarmupShape
 from vllm_spyre_like.graphs import (
     CountingCompiler,
     GraphSizes,
@@ -81,6 +81,14 @@ def test_inductor_graph_computes_what_eager_does():
         got = model(x)
     assert compiler.compilations == 1
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def batching_mode(config, env):
+    return SpyreLikeConfig.load(config, env).mode
+
+
+def compile_backend(config, env):
+    return SpyreLikeConfig.load(config, env).compile_backend
 
 
 def test_mode_and_backend_settings():

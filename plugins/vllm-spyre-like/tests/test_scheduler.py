@@ -160,7 +160,10 @@ def test_a_batch_no_shape_could_grow_is_not_held(tiny_model_dir):
 
 
 def test_batch_wait_setting():
-    from vllm_spyre_like.envs import DEFAULT_BATCH_WAIT_MS, batch_wait_ms
+    from vllm_spyre_like.envs import DEFAULT_BATCH_WAIT_MS, SpyreLikeConfig
+
+    def batch_wait_ms(config, env):
+        return SpyreLikeConfig.load(config, env).batch_wait_ms
 
     assert batch_wait_ms({}, {}) == DEFAULT_BATCH_WAIT_MS
     assert batch_wait_ms({}, {"VLLM_SPYRE_LIKE_BATCH_WAIT_MS": "0"}) == 0

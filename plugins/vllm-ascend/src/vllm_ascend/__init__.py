@@ -8,11 +8,7 @@ why and returns None, so this package can sit next to other platform plugins.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import logging
+from vllm_plugin_kit import get_logger
 
 __version__ = "0.1.0"
 
@@ -21,13 +17,6 @@ NPU_PLATFORM = "vllm_ascend.platform.NPUPlatform"
 EMULATED_PLATFORM = "vllm_ascend.platform.EmulatedNPUPlatform"
 #: "1" selects NPU emulation on the CPU; "0" keeps the plugin off
 ENV_EMULATE = "VLLM_ASCEND_EMULATE"
-
-
-def get_logger(name: str) -> logging.Logger:
-    """A logger inside vLLM's hierarchy, so ``VLLM_LOGGING_LEVEL`` applies."""
-    from vllm.logger import init_logger
-
-    return init_logger(f"vllm.{name}")
 
 
 def _npu_visible() -> tuple[bool, str]:
@@ -49,18 +38,15 @@ def _npu_visible() -> tuple[bool, str]:
 
 def register() -> str | None:
     """The ``vllm.platform_plugins`` entry point."""
+    from vllm_plugin_kit.settings import read_switch
+
     from vllm_ascend import npu_ops
 
-    choice = os.environ.get(ENV_EMULATE, "").strip().lower()
-    if choice in ("1", "true", "on", "yes"):
+    emulate = read_switch(ENV_EMULATE, "vllm-ascend")
+    if emulate:
         npu_ops.select(emulated=True)
         return _activate(EMULATED_PLATFORM, emulated=True)
-    if choice in ("0", "false", "off", "no"):
-        return None
-    if choice:
-        get_logger(__name__).warning(
-            "%s=%r is not understood (use 1 or 0); vllm-ascend stays inactive", ENV_EMULATE,
-            choice)
+    if emulate is False:
         return None
     visible, why = _npu_visible()
     if not visible:

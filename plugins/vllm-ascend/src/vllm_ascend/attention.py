@@ -52,6 +52,7 @@ from vllm.v1.attention.backend import (
 from vllm.v1.attention.backends.registry import register_backend
 from vllm.v1.attention.backends.utils import NULL_BLOCK_ID
 from vllm.v1.kv_cache_interface import AttentionSpec
+from vllm_plugin_kit.attention import refuse_unsupported
 
 from vllm_ascend import npu_graphs, npu_ops
 from vllm_ascend.emulation import COMPRESSED_MASK_SIZE
@@ -224,18 +225,9 @@ class AscendAttentionImpl(AttentionImpl):
         kv_sharing_target_layer_name: str | None = None,
         sinks: torch.Tensor | None = None,
     ) -> None:
-        unsupported = {
-            "ALiBi": alibi_slopes is not None,
-            "sliding window": sliding_window is not None,
-            "logits soft cap": bool(logits_soft_cap),
-            "attention sinks": sinks is not None,
-            f"attention type {attn_type}": attn_type != AttentionType.DECODER,
-            "a shared KV cache": kv_sharing_target_layer_name is not None,
-        }
-        missing = [what for what, used in unsupported.items() if used]
-        if missing:
-            raise NotImplementedError(f"vllm-ascend attention does not support "
-                                      f"{', '.join(missing)}")
+        refuse_unsupported("vllm-ascend", alibi_slopes, sliding_window, logits_soft_cap, sinks,
+                           attn_type,
+                           a_shared_KV_cache=kv_sharing_target_layer_name is not None)
         self.num_heads = num_heads
         self.head_size = head_size
         self.scale = float(scale)

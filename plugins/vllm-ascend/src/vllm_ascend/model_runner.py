@@ -26,8 +26,9 @@ from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheConfig
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import bind_kv_cache
+from vllm_plugin_kit import linear
 
-from vllm_ascend import get_logger, host_linear, npu_graphs
+from vllm_ascend import get_logger, npu_graphs
 
 logger = get_logger(__name__)
 
@@ -128,8 +129,8 @@ class EmulatedNPUModelRunner(NPUKVCacheLayout, ACLGraphModel, CPUModelRunner):
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         super().load_model(*args, **kwargs)
         # the graphs are captured later, with the layers' new method
-        widened = host_linear.widen_bf16_products(self.get_model())
+        widened = linear.widen_bf16_products(self.get_model())
         if widened:
             logger.info("vllm-ascend: no native bfloat16 GEMM on this host; %d bfloat16 "
-                        "linear layers multiply many rows in float32 (the NPU's "
-                        "accumulation, rounded back)", widened)
+                        "linear layers multiply %d rows or more in float32 (the NPU's "
+                        "accumulation, rounded back)", widened, linear.MIN_ROWS)

@@ -16,17 +16,15 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import psutil
 import torch
 from vllm.platforms.interface import Platform, PlatformEnum
+from vllm_plugin_kit.platform import HostDeviceMixin, PluginPlatformMixin
 
 from vllm_ascend import PLUGIN, __version__, get_logger
-from vllm_ascend.envs import ENV_VARS, AscendConfig, usable_cores
+from vllm_ascend.envs import SETTINGS, AscendConfig
 
 if TYPE_CHECKING:
     from vllm.config import ModelConfig, VllmConfig
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum
-    from vllm.v1.attention.selector import AttentionSelectorConfig
 
 logger = get_logger(__name__)
 
@@ -46,8 +44,15 @@ def check_block_size(block_size: int) -> None:
             f"blocks of {BLOCK_SIZE} to {MAX_BLOCK_SIZE} tokens, multiples of {BLOCK_SIZE}")
 
 
-class NPUPlatform(Platform):
+class NPUPlatform(PluginPlatformMixin, Platform):
     _enum = PlatformEnum.OOT
+    plugin = PLUGIN
+    distribution = "vllm-ascend"
+    version = __version__
+    settings = SETTINGS
+    attention_backend = "vllm_ascend.attention.AscendAttentionBackend"
+    communicator_cls = "vllm_ascend.communicator.NPUCommunicator"
+    default_block_size = BLOCK_SIZE
     device_name: str = "npu"
     device_type: str = "npu"
     dispatch_key: str = "PrivateUse1"
@@ -57,20 +62,19 @@ class NPUPlatform(Platform):
     simple_compile_backend: str = "eager"
     #: W8A8 in ModelSlim's format (:mod:`vllm_ascend.quantization`)
     supported_quantization: ClassVar[list[str]] = ["ascend"]
-    additional_env_vars: ClassVar[list[str]] = ENV_VARS
     #: the dtypes of the NPU's attention and norm kernels
-    kernel_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.bfloat16, torch.float16)
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.bfloat16, torch.float16)
     emulated: ClassVar[bool] = False
 
-    @property
-    def supported_dtypes(self) -> list[torch.dtype]:
-        return list(self.kernel_dtypes)
+    @classmethod
+    def activation_detail(cls) -> str:
+        return "emulated on the CPU" if cls.emulated else "on NPU"
 
     @classmethod
     def check_if_supports_dtype(cls, dtype: torch.dtype) -> None:
-        if dtype not in cls.kernel_dtypes:
+        if dtype not in cls.dtypes:
             names = " or ".join(f"--dtype {str(d).removeprefix('torch.')}"
-                                for d in cls.kernel_dtypes)
+                                for d in cls.dtypes)
             where = "emulated on the CPU" if cls.emulated else "on the NPU"
             raise ValueError(f"vllm-ascend {where} does not run "
                              f"dtype={str(dtype).removeprefix('torch.')}; use {names}")
@@ -105,40 +109,6 @@ class NPUPlatform(Platform):
         return float(torch.npu.max_memory_allocated(device))
 
     @classmethod
-    def register_triton_kernel_overrides(cls) -> None:
-        # vLLM's model runner writes a few bookkeeping kernels in Triton, which
-        # neither the NPU nor the host runs: the plugin's tensor programs instead
-        from vllm.triton_utils.dispatcher import register_kernels
-
-        from vllm_ascend.kernels import OVERRIDES
-
-        register_kernels(OVERRIDES)
-
-    @classmethod
-    def get_attn_backend_cls(
-        cls,
-        selected_backend: AttentionBackendEnum | None,
-        attn_selector_config: AttentionSelectorConfig,
-        num_heads: int | None = None,
-    ) -> str:
-        if attn_selector_config.use_mla:
-            raise NotImplementedError("vllm-ascend has no MLA attention backend yet")
-        if attn_selector_config.use_sparse:
-            raise NotImplementedError("vllm-ascend has no sparse attention backend yet")
-        if selected_backend is not None:
-            logger.info("vllm-ascend ignores attention backend %s; using ASCEND_ATTN",
-                        selected_backend)
-        return "vllm_ascend.attention.AscendAttentionBackend"
-
-    @classmethod
-    def get_device_communicator_cls(cls) -> str:
-        return "vllm_ascend.communicator.NPUCommunicator"
-
-    @classmethod
-    def opaque_attention_op(cls) -> bool:
-        return True
-
-    @classmethod
     def get_static_graph_wrapper_cls(cls) -> str:
         return "vllm_ascend.acl_graph.ACLGraphWrapper"
 
@@ -149,43 +119,8 @@ class NPUPlatform(Platform):
         return npu_graphs.graph_pool_handle()
 
     @classmethod
-    def support_hybrid_kv_cache(cls) -> bool:
-        return False
-
-    @classmethod
     def supports_structured_output(cls) -> bool:
         return True
-
-    @classmethod
-    def import_kernels(cls) -> None:
-        # vLLM's default imports vllm._C, which the pure-Python build lacks; the
-        # NPU kernels come from torch_npu, loaded where they are called.
-        pass
-
-    @classmethod
-    def log_warnings(cls) -> None:
-        kind = "emulated on the CPU" if cls.emulated else "on NPU"
-        logger.info("Platform plugin %s is activated (vllm-ascend %s, %s)", PLUGIN,
-                    __version__, kind)
-
-    @classmethod
-    def validate_environ(cls, hard_fail: bool) -> None:
-        # vLLM flags VLLM_* variables it does not know; this plugin's are known here.
-        from vllm import envs
-
-        for env in os.environ:
-            if (env.startswith("VLLM_") and env not in envs.environment_variables
-                    and env not in cls.additional_env_vars):
-                if hard_fail:
-                    raise ValueError(f"Unknown vLLM environment variable detected: {env}")
-                logger.warning("Unknown vLLM environment variable detected: %s", env)
-
-    @classmethod
-    def update_block_size_for_backend(cls, vllm_config: VllmConfig) -> None:
-        # vLLM's default would pick a generic backend size; the NPU's is 128.
-        cache_config = vllm_config.cache_config
-        if not cache_config.user_specified_block_size:
-            cache_config.block_size = BLOCK_SIZE
 
     @classmethod
     def _reset_gpu_only_options(cls, vllm_config: VllmConfig) -> None:
@@ -302,57 +237,14 @@ class NPUPlatform(Platform):
                     if cls.emulated else "")
 
 
-class EmulatedNPUPlatform(NPUPlatform):
-    """The NPU platform with its device on the host and its ops emulated."""
+class EmulatedNPUPlatform(HostDeviceMixin, NPUPlatform):
+    """The NPU platform with its device on the host (the kit's
+    :class:`~vllm_plugin_kit.platform.HostDeviceMixin`) and its ops emulated."""
 
-    device_name: str = "cpu"
-    device_type: str = "cpu"
-    dispatch_key: str = "CPU"
-    dist_backend: str = "gloo"
-    # Ray counts each emulated NPU as one logical GPU (`ray start --num-gpus N`).
-    ray_device_key: str = "GPU"
     device_control_env_var: str = "VLLM_ASCEND_EMULATED_VISIBLE_DEVICES"
-    kernel_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.bfloat16, torch.float32)
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.bfloat16, torch.float32)
     emulated: ClassVar[bool] = True
-
-    @classmethod
-    def device_count(cls) -> int:
-        return usable_cores()
 
     @classmethod
     def get_device_name(cls, device_id: int = 0) -> str:
         return "Ascend NPU (emulated)"
-
-    @classmethod
-    def get_device_total_memory(cls, device_id: int = 0) -> int:
-        from vllm.config import get_current_vllm_config_or_none
-
-        config = get_current_vllm_config_or_none()
-        return AscendConfig.load(config.additional_config if config else None).device_memory
-
-    @classmethod
-    def get_current_memory_usage(cls, device: torch.types.Device | None = None) -> float:
-        return float(psutil.Process(os.getpid()).memory_info().rss)
-
-    @classmethod
-    def set_device(cls, device: torch.device) -> None:
-        pass
-
-    @classmethod
-    def manual_seed_all(cls, seed: int) -> None:
-        pass
-
-    @classmethod
-    def inference_mode(cls):
-        # the KV cache and persistent buffers are updated in place outside
-        # inference mode on the host; no_grad is enough
-        return torch.no_grad()
-
-    @classmethod
-    def is_pin_memory_available(cls) -> bool:
-        return False
-
-    @classmethod
-    def num_compute_units(cls, device_id: int = 0) -> int:
-        return torch.get_num_threads()
-

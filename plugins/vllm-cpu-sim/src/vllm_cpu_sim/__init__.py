@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import logging
-
 __version__ = "0.1.0"
 
 PLATFORM = "vllm_cpu_sim.platform.CpuSimPlatform"
-
-
-def get_logger(name: str) -> logging.Logger:
-    """A logger inside vLLM's ``vllm`` hierarchy, so vLLM's handlers and
-    ``VLLM_LOGGING_LEVEL`` apply to this plugin's messages too."""
-    from vllm.logger import init_logger
-
-    return init_logger(f"vllm.{name}")
 
 
 def _accelerator_visible() -> bool:
@@ -42,20 +28,14 @@ def register() -> str | None:
     forces it on even where a GPU is visible. Another plugin can be chosen
     with ``VLLM_PLUGINS``, which stops this one from loading at all.
     """
+    from vllm_plugin_kit.settings import read_switch
+
     from vllm_cpu_sim.envs import ENV_ENABLE
 
-    choice = os.environ.get(ENV_ENABLE, "").strip().lower()
-    if choice in ("0", "false", "off", "no"):
-        return None
-    if choice in ("1", "true", "on", "yes"):
-        return _activate()
-    if choice:
-        # vLLM swallows exceptions raised here, so say it loudly instead.
-        get_logger(__name__).warning(
-            "%s=%r is not understood (use 1 or 0); cpu_sim stays inactive", ENV_ENABLE, choice
-        )
-        return None
-    return None if _accelerator_visible() else _activate()
+    on = read_switch(ENV_ENABLE, "cpu_sim")
+    if on is None:
+        return None if _accelerator_visible() else _activate()
+    return _activate() if on else None
 
 
 def _activate() -> str:

@@ -3,21 +3,17 @@
 vLLM's CPU model runner already does what the simulated device needs: every
 persistent buffer lives on the host, device streams and events are stubbed,
 and its warm-up compiles the model (vLLM's piecewise compilation with
-Inductor, see :mod:`vllm_cpu_sim.passes`) unless it runs eagerly. The attention metadata comes from
-this plugin's backend, and the slot mapping from its kernel override. What
-it adds: the linear layers' weights are packed for oneDNN once the model is
-loaded (see :mod:`vllm_cpu_sim.linear`).
-
-It is a class of its own so the worker never depends on what vLLM's CPU worker
-would construct, and so that a backend copied from this one has the place for
-its device's input preparation.
+Inductor, see :mod:`vllm_cpu_sim.passes`) unless it runs eagerly. The attention
+metadata comes from this plugin's backend, and the slot mapping from the kit's
+kernel override. What it adds: the linear layers' weights are packed for oneDNN
+once the model is loaded (:func:`vllm_plugin_kit.linear.pack_model`).
 """
 
 from __future__ import annotations
 
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm_plugin_kit import get_logger, linear
 
-from vllm_cpu_sim import get_logger, linear
 from vllm_cpu_sim.envs import SimConfig
 
 logger = get_logger(__name__)
@@ -34,5 +30,5 @@ class CpuSimModelRunner(CPUModelRunner):
             # LoRA's wrappers read their base layer's weight directly.
             logger.info("cpu_sim: LoRA enabled; linear layers keep F.linear")
             return
-        count = linear.pack_model(self.model)
+        count = linear.pack_model(self.model, logger)
         logger.info("cpu_sim: %d linear layers packed for oneDNN", count)

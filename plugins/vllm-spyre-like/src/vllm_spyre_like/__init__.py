@@ -7,10 +7,8 @@ PyTorch; each module says where your device's code goes.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import logging
+from vllm_plugin_kit import get_logger  # noqa: F401  (the plugin's modules log through it)
 
 __version__ = "0.1.0"
 
@@ -22,13 +20,6 @@ PLATFORM = "vllm_spyre_like.platform.SpyreLikePlatform"
 ENV_ENABLE = "VLLM_SPYRE_LIKE"
 
 
-def get_logger(name: str) -> logging.Logger:
-    """A logger inside vLLM's ``vllm`` hierarchy, so ``VLLM_LOGGING_LEVEL`` applies."""
-    from vllm.logger import init_logger
-
-    return init_logger(f"vllm.{name}")
-
-
 def register() -> str | None:
     """The ``vllm.platform_plugins`` entry point: the platform class, or None.
 
@@ -38,10 +29,10 @@ def register() -> str | None:
     for real hardware would also check here that its device is present
     (without initialising it: this runs in every vLLM process).
     """
+    from vllm_plugin_kit.settings import read_switch
+
     selected = os.environ.get("VLLM_PLUGINS", "")
-    if PLUGIN in (part.strip() for part in selected.split(",")):
-        return _activate()
-    if os.environ.get(ENV_ENABLE, "").strip().lower() in ("1", "true", "on", "yes"):
+    if PLUGIN in (part.strip() for part in selected.split(",")) or read_switch(ENV_ENABLE, PLUGIN):
         return _activate()
     return None
 

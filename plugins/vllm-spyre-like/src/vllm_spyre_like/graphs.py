@@ -26,13 +26,9 @@ from typing import Any, NamedTuple
 import torch
 
 from vllm_spyre_like import PLUGIN, get_logger
-from vllm_spyre_like.envs import WarmupShape
+from vllm_spyre_like.envs import BACKENDS, SpyreLikeConfig, WarmupShape
 
 logger = get_logger(__name__)
-
-#: torch.compile backends a user may choose; "eager" traces (one graph per
-#: shape, as on the device) but generates no code, for debugging.
-BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 class GraphSizes(NamedTuple):
@@ -127,17 +123,15 @@ def warm_up(run: Callable[[int], Any], sizes: GraphSizes, compiler: CountingComp
     return times
 
 
-def graph_sizes(vllm_config: Any) -> GraphSizes:
+def graph_sizes(vllm_config: Any, config: SpyreLikeConfig) -> GraphSizes:
     """The compiled sizes of this configuration (see the module docstring)."""
-    from vllm_spyre_like.envs import batching_mode, warmup_shapes
-
     scheduler_config = vllm_config.scheduler_config
-    if batching_mode(vllm_config.additional_config) == "continuous":
+    if config.mode == "continuous":
         sizes = continuous_sizes(vllm_config.model_config.max_model_len,
                                  scheduler_config.max_num_seqs,
                                  vllm_config.cache_config.block_size)
     else:
-        sizes = static_sizes(warmup_shapes(vllm_config.additional_config))
+        sizes = static_sizes(config.warmup_shapes)
     return within_budget(sizes, scheduler_config.max_num_batched_tokens)
 
 

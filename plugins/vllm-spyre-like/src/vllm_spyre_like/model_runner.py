@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from vllm.config import VllmConfig
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm_plugin_kit import linear
 
-from vllm_spyre_like import PLUGIN, get_logger, host_linear
-from vllm_spyre_like.envs import compile_backend
+from vllm_spyre_like import PLUGIN, get_logger
+from vllm_spyre_like.envs import SpyreLikeConfig
 from vllm_spyre_like.graphs import CountingCompiler, compile_model, graph_sizes, warm_up
 
 logger = get_logger(__name__)
@@ -26,10 +27,11 @@ logger = get_logger(__name__)
 class SpyreLikeModelRunner(CPUModelRunner):
     def __init__(self, vllm_config: VllmConfig, device: torch.device) -> None:
         super().__init__(vllm_config, device)
-        self.graph_sizes = graph_sizes(vllm_config)
+        self.spyre_config = SpyreLikeConfig.of(vllm_config)
+        self.graph_sizes = graph_sizes(vllm_config, self.spyre_config)
         #: None with --enforce-eager: steps are padded but run eagerly
         self.compiler = None if vllm_config.model_config.enforce_eager else \
-            CountingCompiler(compile_backend(vllm_config.additional_config))
+            CountingCompiler(self.spyre_config.compile_backend)
         #: seconds of each size's first run (compile + run) at warmup
         self.warmup_times: dict[int, float] = {}
         #: steps that no compiled size held (each may compile a new graph)
@@ -39,11 +41,11 @@ class SpyreLikeModelRunner(CPUModelRunner):
     def load_model(self, load_dummy_weights: bool = False) -> None:
         super().load_model(load_dummy_weights)
         # before compiling, so that the graphs trace the layers' new method
-        widened = host_linear.widen_bf16_products(self.model)
+        widened = linear.widen_bf16_products(self.model)
         if widened:
             logger.info("%s: no native bfloat16 GEMM on this host; %d bfloat16 linear layers "
                         "multiply %d rows or more in float32, rounded back once", PLUGIN,
-                        widened, host_linear.MIN_ROWS)
+                        widened, linear.MIN_ROWS)
         if self.compiler is not None:
             compile_model(self.model, self.compiler, len(self.graph_sizes.all()))
 

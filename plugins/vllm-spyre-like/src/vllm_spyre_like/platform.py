@@ -13,25 +13,20 @@ runs its PyTorch form.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from vllm.platforms.interface import Platform, PlatformEnum
+from vllm_plugin_kit.platform import HostPlatform
 
-from vllm_spyre_like import PLUGIN, get_logger
+from vllm_spyre_like import DISTRIBUTION, PLUGIN, __version__, get_logger
 from vllm_spyre_like.envs import (
-    ENV_VARS,
+    SETTINGS,
+    SpyreLikeConfig,
     WarmupShape,
-    batch_wait_ms,
-    batching_mode,
     check_shapes,
-    compile_backend,
     describe,
-    device_memory,
     fitting,
     unfittable_message,
-    warmup_shapes,
 )
 
 if TYPE_CHECKING:
@@ -39,8 +34,6 @@ if TYPE_CHECKING:
     from vllm.inputs.engine import EngineInput
     from vllm.pooling_params import PoolingParams
     from vllm.sampling_params import SamplingParams
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum
-    from vllm.v1.attention.selector import AttentionSelectorConfig
 
 logger = get_logger(__name__)
 
@@ -67,126 +60,26 @@ def _client_error():
     return UnfittableRequestError
 
 
-class SpyreLikePlatform(Platform):
-    _enum = PlatformEnum.OOT
-    # vLLM builds torch devices from these names. Your device: its torch
-    # device type (e.g. "npu") and dispatch key (e.g. "PrivateUse1").
-    device_name: str = "cpu"
-    device_type: str = "cpu"
-    dispatch_key: str = "CPU"
-    # torch.distributed backend between workers; your device's (e.g. "hccl").
-    dist_backend: str = "gloo"
+class SpyreLikePlatform(HostPlatform):
+    """The kit's host platform (:class:`vllm_plugin_kit.platform.HostPlatform`)
+    with this device's schedulers, block size and per-shape graphs. Your
+    device: its torch device type (e.g. "npu"), dispatch key (e.g.
+    "PrivateUse1"), distributed backend (e.g. "hccl"), memory queries and
+    seeding, in place of the kit's ``HostDeviceMixin``."""
+
+    plugin = PLUGIN
+    distribution = DISTRIBUTION
+    version = __version__
+    settings = SETTINGS
+    dtypes = DTYPES
     device_control_env_var: str = "VLLM_SPYRE_LIKE_VISIBLE_DEVICES"
-    simple_compile_backend: str = "inductor"
-    supported_quantization: list[str] = []  # noqa: RUF012 (vLLM declares it so)
-    # known to vLLM's environment check, and passed on to Ray workers
-    additional_env_vars: list[str] = ENV_VARS
+    worker_cls = WORKER
+    attention_backend = "vllm_spyre_like.attention.SpyreLikeAttentionBackend"
+    default_block_size = BLOCK_SIZE
     #: set by check_and_update_config in every process that builds a config
     #: (the front end's too, where validate_request runs)
-    warmup_shapes: list[WarmupShape] = []  # noqa: RUF012
-    max_model_len: int | None = None
-
-    @property
-    def supported_dtypes(self) -> list[torch.dtype]:
-        return list(DTYPES)
-
-    @classmethod
-    def check_if_supports_dtype(cls, dtype: torch.dtype) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(
-                f"{PLUGIN} does not support dtype={str(dtype).removeprefix('torch.')}; "
-                "use --dtype float32 or --dtype bfloat16"
-            )
-
-    @classmethod
-    def get_device_name(cls, device_id: int = 0) -> str:
-        return PLUGIN
-
-    @classmethod
-    def get_device_total_memory(cls, device_id: int = 0) -> int:
-        # Your device: ask its runtime for the capacity of device_id.
-        return device_memory()
-
-    @classmethod
-    def set_device(cls, device: torch.device) -> None:
-        # Your device: make `device` current for this process (e.g. torch.npu.set_device).
-        pass
-
-    @classmethod
-    def manual_seed_all(cls, seed: int) -> None:
-        # torch.manual_seed already seeds the CPU generator. Your device: seed
-        # its generators too (e.g. torch.npu.manual_seed_all).
-        pass
-
-    @classmethod
-    def inference_mode(cls):
-        # The KV cache and persistent batch buffers are updated in place, which
-        # inference tensors forbid outside inference mode; no_grad is enough.
-        return torch.no_grad()
-
-    @classmethod
-    def is_pin_memory_available(cls) -> bool:
-        return False
-
-    @classmethod
-    def get_attn_backend_cls(
-        cls,
-        selected_backend: AttentionBackendEnum | None,
-        attn_selector_config: AttentionSelectorConfig,
-        num_heads: int | None = None,
-    ) -> str:
-        if attn_selector_config.use_mla or attn_selector_config.use_sparse:
-            raise NotImplementedError(f"{PLUGIN} has no MLA or sparse attention backend")
-        return "vllm_spyre_like.attention.SpyreLikeAttentionBackend"
-
-    @classmethod
-    def get_device_communicator_cls(cls) -> str:
-        return "vllm_spyre_like.communicator.SpyreLikeCommunicator"
-
-    @classmethod
-    def opaque_attention_op(cls) -> bool:
-        # Keep attention one opaque op so graph capture never traces into it.
-        return True
-
-    @classmethod
-    def support_hybrid_kv_cache(cls) -> bool:
-        return False
-
-    @classmethod
-    def import_kernels(cls) -> None:
-        # vLLM's default imports vllm._C, which the empty build lacks.
-        # Your device: import its compiled kernels (custom ops) here.
-        pass
-
-    @classmethod
-    def register_triton_kernel_overrides(cls) -> None:
-        # No Triton on this platform: give vLLM PyTorch forms of the kernels
-        # its model runner launches (see kernels.py).
-        from vllm.triton_utils.dispatcher import register_kernels
-
-        from vllm_spyre_like.kernels import OVERRIDES
-
-        register_kernels(OVERRIDES)
-
-    @classmethod
-    def log_warnings(cls) -> None:
-        # vLLM resolves the platform before it configures logging, so its own
-        # activation line is usually lost; vLLM calls this once logging is up.
-        from vllm_spyre_like import DISTRIBUTION, __version__
-
-        logger.info("Platform plugin %s is activated (%s %s)", PLUGIN, DISTRIBUTION, __version__)
-
-    @classmethod
-    def validate_environ(cls, hard_fail: bool) -> None:
-        # vLLM flags every VLLM_* variable it does not know; this plugin's are known.
-        from vllm import envs
-
-        for env in os.environ:
-            if (env.startswith("VLLM_") and env not in envs.environment_variables
-                    and env not in cls.additional_env_vars):
-                if hard_fail:
-                    raise ValueError(f"Unknown vLLM environment variable detected: {env}")
-                logger.warning("Unknown vLLM environment variable detected: %s", env)
+    warmup_shapes: ClassVar[list[WarmupShape]] = []
+    max_model_len: ClassVar[int | None] = None
 
     @classmethod
     def validate_request(
@@ -223,10 +116,9 @@ class SpyreLikePlatform(Platform):
             )
 
     @classmethod
-    def _configure_static(cls, vllm_config: VllmConfig) -> None:
+    def _configure_static(cls, vllm_config: VllmConfig, config: SpyreLikeConfig) -> None:
         """The warmup shapes, and the scheduler that batches by them."""
-        shapes = warmup_shapes(vllm_config.additional_config)
-        batch_wait_ms(vllm_config.additional_config)  # a bad value fails here, up front
+        shapes = list(config.warmup_shapes)
         scheduler_config = vllm_config.scheduler_config
         if vllm_config.model_config is not None:
             cls.max_model_len = vllm_config.model_config.max_model_len
@@ -281,15 +173,6 @@ class SpyreLikePlatform(Platform):
         logger.info("%s: continuous batching, up to %d sequences of %s tokens", PLUGIN,
                     scheduler_config.max_num_seqs, cls.max_model_len)
 
-    @classmethod
-    def update_block_size_for_backend(cls, vllm_config: VllmConfig) -> None:
-        # vLLM's default picks the attention backend's preferred size (16); the
-        # device pages in blocks of 64. An explicit --block-size is kept (static
-        # batching takes any, continuous batching refuses any but 64).
-        cache_config = vllm_config.cache_config
-        if not cache_config.user_specified_block_size:
-            cache_config.block_size = BLOCK_SIZE
-
     @staticmethod
     def _set_scheduler(vllm_config: VllmConfig, scheduler: str) -> None:
         scheduler_config = vllm_config.scheduler_config
@@ -300,27 +183,16 @@ class SpyreLikePlatform(Platform):
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         from vllm.config import CompilationMode, CUDAGraphMode
 
-        additional = vllm_config.additional_config
-        compile_backend(additional)  # a bad choice fails here, in the user's process
-        if batching_mode(additional) == "continuous":
+        # Every setting is resolved here, once, and handed to the scheduler,
+        # workers and model runners inside the configuration.
+        config = SpyreLikeConfig.load(vllm_config.additional_config)
+        if isinstance(vllm_config.additional_config, dict):
+            vllm_config.additional_config[PLUGIN] = config.section()
+        if config.mode == "continuous":
             cls._configure_continuous(vllm_config)
         else:
-            cls._configure_static(vllm_config)
-
-        # Refuse what cannot run here in the front process, where the error
-        # reaches the user directly instead of through a dead engine core.
-        if vllm_config.model_config is not None:
-            cls.check_if_supports_dtype(vllm_config.model_config.dtype)
-        parallel_config = vllm_config.parallel_config
-        if parallel_config.worker_cls == "auto":
-            parallel_config.worker_cls = WORKER
-        parallel_config.disable_custom_all_reduce = True
-        parallel_config.enable_dbo = False  # needs device streams
-
-        cls.update_block_size_for_backend(vllm_config)
-
-        # Overlapping scheduling with a "device" that is the same CPU gains nothing.
-        vllm_config.scheduler_config.async_scheduling = False
+            cls._configure_static(vllm_config, config)
+        cls.configure_host(vllm_config)
 
         # vLLM's own compilation stays off: the model runner compiles one graph
         # per shape itself (graphs.py), which vLLM's dynamic-shape modes do not.
@@ -328,7 +200,3 @@ class SpyreLikePlatform(Platform):
         compilation_config.cudagraph_capture_sizes = []
         compilation_config.cudagraph_mode = CUDAGraphMode.NONE
         compilation_config.mode = CompilationMode.NONE
-
-        # Workers are spawned, not forked: a process whose OpenMP pool has run
-        # deadlocks in a forked child. An explicit choice by the user is kept.
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")

@@ -26,12 +26,11 @@ from vllm.v1.request import Request
 
 from vllm_spyre_like import PLUGIN, get_logger
 from vllm_spyre_like.envs import (
+    SpyreLikeConfig,
     WarmupShape,
-    batch_wait_ms,
     describe,
     fitting,
     unfittable_message,
-    warmup_shapes,
 )
 
 logger = get_logger(__name__)
@@ -87,11 +86,12 @@ class StaticBatchingScheduler(Scheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.warmup_shapes = warmup_shapes(self.vllm_config.additional_config)
+        config = SpyreLikeConfig.of(self.vllm_config)
+        self.warmup_shapes = list(config.warmup_shapes)
         #: ids of the requests in the batch being run, and its shape
         self.batch_ids: set[str] = set()
         self.batch_shape: WarmupShape | None = None
-        self.batch_wait = batch_wait_ms(self.vllm_config.additional_config) / 1000
+        self.batch_wait = config.batch_wait_ms / 1000
         #: when the scheduler began holding a batch that could still grow
         self._held_since: float | None = None
         logger.info("%s static batching with warmup shapes %s; a batch waits up to "
