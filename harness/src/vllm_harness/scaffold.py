@@ -77,7 +77,7 @@ def create(name: str, dest: Path, *, overwrite: bool = False) -> Path:
 def write_settings_table(target: Path, package: str) -> None:
     """Fill the README's settings table from the generated ``envs.SETTINGS``, as
     vllm-plugin-kit renders it (the generated tests check the two agree)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": os.pathsep.join(
         [str(target / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     result = subprocess.run(
         [sys.executable, "-m", "vllm_plugin_kit", "readme", str(target / "README.md"),
