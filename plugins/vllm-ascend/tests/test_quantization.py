@@ -196,3 +196,38 @@ def test_description_schemes_are_checked():
     assert config.scheme_of("lm_head") == FLOAT  # not described: unquantized
     with pytest.raises(ValueError, match="fuses layers of different schemes"):
         config.scheme_of("model.layers.0.self_attn.qkv_proj")
+
+
+def test_static_quant_bias_is_counted_once_across_row_parallel_ranks():
+    """A row-parallel W8A8 layer split over two ranks: the ranks' partial outputs,
+    summed as the all-reduce sums them, equal the whole layer's output. Before
+    the fix every rank added quant_bias, so the sum held it twice."""
+    from vllm.model_executor.layers.linear import RowParallelLinear
+
+    from vllm_ascend import npu_ops
+    from vllm_ascend.quantization import W8A8LinearMethod
+
+    npu_ops.select(emulated=True)
+    gen = torch.Generator().manual_seed(0)
+    n, k = 32, 64
+    weight = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale, offset = torch.tensor([0.02]), torch.tensor([3.0])
+    tensors = {"input_scale": scale, "input_offset": offset,
+               "quant_bias": torch.randint(-5000, 5000, (n,), generator=gen, dtype=torch.int32),
+               "deq_scale": torch.rand(n, generator=gen) * 1e-3}
+
+    def layer(columns: slice, rank: int) -> torch.nn.Module:
+        module = RowParallelLinear.__new__(RowParallelLinear)
+        torch.nn.Module.__init__(module)
+        module.tp_rank = rank
+        module.weight = torch.nn.Parameter(weight[:, columns].t(), requires_grad=False)
+        for name, value in tensors.items():
+            setattr(module, name, torch.nn.Parameter(value.clone(), requires_grad=False))
+        return module
+
+    method = W8A8LinearMethod(dynamic=False)
+    x = torch.randn(4, k, generator=gen)
+    whole = method.apply(layer(slice(None), 0), x)
+    halves = [method.apply(layer(slice(r * k // 2, (r + 1) * k // 2), r),
+                           x[:, r * k // 2:(r + 1) * k // 2]) for r in (0, 1)]
+    torch.testing.assert_close(halves[0] + halves[1], whole, rtol=1e-5, atol=1e-4)

@@ -34,6 +34,7 @@ import torch
 from vllm.model_executor.layers.linear import (
     LinearBase,
     LinearMethodBase,
+    RowParallelLinear,
     UnquantizedLinearMethod,
     register_weight_loader_v2_supported_method,
 )
@@ -176,10 +177,25 @@ class W8A8LinearMethod(LinearMethodBase):
             x_q = npu_ops.npu_quantize(rows, layer.input_scale, layer.input_offset,
                                        torch.qint8, -1, True)
             out = npu_ops.npu_quant_matmul(x_q, layer.weight, layer.deq_scale,
-                                           bias=layer.quant_bias, output_dtype=x.dtype)
+                                           bias=quant_bias(layer), output_dtype=x.dtype)
             if bias is not None:
                 out = out + bias
         return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def quant_bias(layer: torch.nn.Module) -> torch.Tensor | None:
+    """The layer's ``quant_bias``, or None on the tensor-parallel ranks after the
+    first of a row-parallel layer.
+
+    ``quant_bias`` corrects the whole output channel (all of k) for the input
+    offset, and a row-parallel layer's ranks each hold a slice of k whose
+    partial products are summed by an all-reduce: added on every rank it would
+    count tp times. As vLLM adds a row-parallel layer's own bias on rank 0
+    only, and as upstream vllm-ascend passes ``quant_bias`` on rank 0 only.
+    """
+    if isinstance(layer, RowParallelLinear) and getattr(layer, "tp_rank", 0) > 0:
+        return None
+    return layer.quant_bias
 
 
 def _float_deq_scale(loader: Any) -> Any:
