@@ -31,12 +31,19 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from npu_schemas import through_schemas
+
+from vllm_ascend import npu_ops
 from vllm_harness.fixtures import (  # noqa: F401
     engines,
     hf_model,
     model_dir,
     tiny_model_dir,
 )
+
+# Every emulated NPU call in this process (unit tests and the engines whose core
+# runs here) goes through the schema torch_npu's library registers for the op.
+npu_ops.route(through_schemas)
 
 
 def make_llm(model: str, **kwargs):

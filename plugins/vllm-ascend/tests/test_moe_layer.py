@@ -78,7 +78,9 @@ def _poison(name, kernel, args, kwargs):
     """The grouped matmuls' rows past the kept choices, undefined on the NPU, as NaN."""
     out = kernel(*args, **kwargs)
     if name == "npu_grouped_matmul":
-        out[0][int(kwargs["group_list"].sum()):] = float("nan")
+        group_list = kwargs["group_list"]
+        used = group_list.sum() if kwargs["group_list_type"] == 1 else group_list[-1]
+        out[0][int(used):] = float("nan")
     return out
 
 
@@ -87,6 +89,16 @@ def undefined_rows_poisoned():
     npu_ops.set_launch_hook(_poison)
     yield
     npu_ops.set_launch_hook(None)
+
+
+def test_one_expert_per_rank_runs_in_a_form_the_grouped_matmul_takes() -> None:
+    """With as many expert-parallel ranks as experts each rank's grouped matmul
+    has one group, which the kernel refuses as group sizes; the layer passes
+    the running sum."""
+    x, logits, w13, w2 = _layer(seed=5)
+    parts = [_run(x, logits, w13, w2, True, (e, e + 1)) for e in range(EXPERTS)]
+    torch.testing.assert_close(sum(parts), _formula(x, logits, w13, w2, True),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_rows_the_kernels_leave_undefined_never_reach_the_output(

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from npu_meta import SCHEMAS_FILE, meta_of, wheel_text
+from npu_meta import meta_of
+from npu_schemas import registered_schemas, through_schemas
 
 from vllm_ascend import emulation, npu_ops
 
@@ -336,21 +337,29 @@ def check_npu_grouped_matmul() -> None:
     with pytest.raises(ValueError, match="non-decreasing"):
         npu_ops.npu_grouped_matmul([x], [w], group_list=torch.tensor([3, 2, 5, 9]),
                                    split_item=2, group_type=0, group_list_type=0)
+    # one group: sizes are refused (the docs: a length of 1 is not allowed),
+    # the running sum is the form to pass
+    one = torch.tensor([5])
+    with pytest.raises(ValueError, match="length 1"):
+        npu_ops.npu_grouped_matmul([x], [w[:1]], group_list=one, split_item=2, group_type=0,
+                                   group_list_type=1)
+    (y,) = npu_ops.npu_grouped_matmul([x], [w[:1]], group_list=one, split_item=2,
+                                      group_type=0, group_list_type=0)
+    close(y[:5], x[:5] @ w[0], 1e-4)
     with pytest.raises(NotImplementedError, match="bias"):
         npu_ops.npu_grouped_matmul([x], [w], bias=[torch.zeros(n)],
                                    group_list=torch.tensor(sizes), split_item=2, group_type=0)
 
 
 def check_npu_moe_token_unpermute() -> None:
-    # torch_npu's documented example: tokens [1, 2, 3, 0] (as rows) routed to
-    # experts [[0, 4], [4, 3], [4, 2], [1, 1]], permuted by expert; halves
-    # summed back give the tokens
-    permuted = torch.tensor([[1.0] * 3, [0.0] * 3, [0.0] * 3, [3.0] * 3, [2.0] * 3,
-                             [1.0] * 3, [2.0] * 3, [3.0] * 3])
-    sorted_indices = torch.tensor([0, 6, 7, 5, 3, 1, 2, 4], dtype=torch.int32)
+    # torch_npu 2.13.0's later doc entry: sorted_indices[t·K + j] is the row of
+    # permuted_tokens holding token t's j-th choice; halves summed back give
+    # [1, 2, 3, 4] (the other reading of the index would give 2.5 everywhere)
+    permuted = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]] * 2)
+    sorted_indices = torch.tensor([0, 4, 5, 1, 2, 6, 7, 3], dtype=torch.int32)
     probs = torch.full((4, 2), 0.5)
     out = npu_ops.npu_moe_token_unpermute(permuted, sorted_indices, probs)
-    close(out, torch.tensor([[1.0] * 3, [2.0] * 3, [3.0] * 3, [0.0] * 3]))
+    assert out.tolist() == [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]
     same_meta(out, meta_of("npu_moe_token_unpermute", permuted, sorted_indices, probs))
     # any permutation and weights, written out token by token
     tokens, k, hidden = 5, 3, 4
@@ -359,12 +368,28 @@ def check_npu_moe_token_unpermute() -> None:
     weights = torch.rand(tokens, k)
     out = npu_ops.npu_moe_token_unpermute(rows, perm, weights)
     for t in range(tokens):
-        expected = sum(float(weights[t, j]) * rows[perm.tolist().index(t * k + j)]
-                       for j in range(k))
+        expected = sum(float(weights[t, j]) * rows[int(perm[t * k + j])] for j in range(k))
         close(out[t], expected)
     with pytest.raises(ValueError, match="permutation"):
         npu_ops.npu_moe_token_unpermute(rows, torch.zeros(tokens * k, dtype=torch.int32),
                                         weights)
+    with pytest.raises(ValueError, match="int32"):
+        npu_ops.npu_moe_token_unpermute(rows, perm.long(), weights)
+
+
+def test_routing_then_unpermute_gives_the_tokens_back() -> None:
+    """The round trip Huawei's op test makes (permute, then unpermute with
+    weights 1/K restores the tokens), here with the routing the MoE layer
+    uses: npu_moe_init_routing_v2's gather index (row_idx_type=0) is the
+    index npu_moe_token_unpermute takes."""
+    g = torch.Generator().manual_seed(3)
+    tokens, k, experts = 9, 3, 5
+    x = torch.randn(tokens, 8, generator=g)
+    idx = torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)])
+    expanded, rows, _, _ = npu_ops.npu_moe_init_routing_v2(
+        x, idx.to(torch.int32), active_num=tokens * k, expert_num=experts, row_idx_type=0)
+    back = npu_ops.npu_moe_token_unpermute(expanded, rows, torch.full((tokens, k), 1 / k))
+    close(back, x)
 
 
 def check_npu_fused_infer_attention_score__out() -> None:
@@ -380,14 +405,32 @@ def check_npu_fused_infer_attention_score__out() -> None:
     want, want_lse = npu_ops.npu_fused_infer_attention_score(q, cache[0], cache[1], **args)
     buffer = torch.full((2, 1, heads * d), float("nan"))
     lse = torch.empty(2, heads, 1, 1)
+    workspace = npu_ops._npu_fused_infer_attention_score_get_max_workspace(
+        q, cache[0], cache[1], **args)
     got = npu_ops.npu_fused_infer_attention_score.out(q, cache[0], cache[1], **args,
-                                                      attention_out=buffer, softmax_lse=lse)
+                                                      workspace=workspace, out=[buffer, lse])
     assert got[0] is buffer and got[1] is lse
     assert torch.equal(buffer, want) and torch.equal(lse, want_lse)
-    with pytest.raises(ValueError, match="attention_out must be"):
+    with pytest.raises(ValueError, match=r"out\[0\] must be"):
         npu_ops.npu_fused_infer_attention_score.out(
-            q, cache[0], cache[1], **args, attention_out=torch.empty(2, heads * d),
-            softmax_lse=lse)
+            q, cache[0], cache[1], **args, out=[torch.empty(2, heads * d), lse])
+    # the keywords of torch_npu's yaml and docs, which its registered op does not take
+    with pytest.raises(RuntimeError, match="missing value for argument 'out'"):
+        npu_ops.npu_fused_infer_attention_score.out(
+            q, cache[0], cache[1], **args, attention_out=buffer, softmax_lse=lse)
+
+
+def check__npu_fused_infer_attention_score_get_max_workspace() -> None:
+    """A byte tensor on the query's device, with the attention call's arguments;
+    the emulated kernel needs no scratch memory, so it is empty."""
+    q, kv = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
+    workspace = npu_ops._npu_fused_infer_attention_score_get_max_workspace(
+        q, kv, kv, actual_seq_lengths=[3], actual_seq_lengths_kv=[3], num_heads=2,
+        input_layout="TND", sparse_mode=3)
+    assert workspace.dtype == torch.uint8 and workspace.device == q.device
+    with npu_ops.counting() as seen:  # host tiling: no kernel runs
+        npu_ops._npu_fused_infer_attention_score_get_max_workspace(q, kv, kv, num_heads=2)
+    assert not seen
 
 
 def _round_half_even(v: float) -> int:
@@ -492,10 +535,12 @@ def test_reference(op: str) -> None:
 
 
 def _schemas(op: str) -> list[tuple[list, dict]]:
-    """Each torch_npu schema of ``op`` (the yaml may hold several) as positional
-    (name, default) pairs in order and keyword-only {name: default}."""
+    """The schema torch_npu's library registers for ``op`` (see npu_schemas), as
+    positional (name, default) pairs in order and keyword-only {name: default}.
+    The wheel's yaml may disagree with it; the binary is what a call meets."""
     found = []
-    for match in re.finditer(rf"func: {re.escape(op)}\((.*?)\) ->", wheel_text(SCHEMAS_FILE)):
+    schema = registered_schemas().get(op, "")
+    for match in re.finditer(rf"^{re.escape(op)}\((.*?)\) ->", schema):
         positional, keywords, keyword_only = [], {}, False
         for part in match.group(1).split(","):
             part = part.strip()
@@ -504,7 +549,8 @@ def _schemas(op: str) -> list[tuple[list, dict]]:
                 continue
             declared, _, default = part.partition("=")
             name = declared.split()[-1]
-            value = ast.literal_eval(default) if default else inspect.Parameter.empty
+            value = ast.literal_eval(default.replace("true", "True").replace(
+                "false", "False")) if default else inspect.Parameter.empty
             if keyword_only:
                 keywords[name] = value
             else:
@@ -555,6 +601,14 @@ def test_the_plugin_calls_only_npu_ops_with_a_reference() -> None:
     assert called, "the scan found no NPU op calls at all"
 
 
+def test_emulated_calls_go_through_torch_npus_registered_schemas() -> None:
+    """The session routes every emulated call through the schema torch_npu's
+    library registers (conftest): a call the kernel would refuse fails here."""
+    assert npu_ops._router is through_schemas
+    with pytest.raises(RuntimeError, match="npu_wheel::npu_swiglu"):
+        npu_ops.npu_swiglu(torch.randn(2, 4), dim=-1, bogus=1)
+
+
 def test_an_op_without_reference_cannot_be_called() -> None:
     with pytest.raises(AttributeError, match="no reference implementation"):
         npu_ops.npu_moe_distribute_dispatch_v2  # noqa: B018
@@ -566,3 +620,17 @@ def test_launches_are_counted() -> None:
         npu_ops.npu_swiglu(torch.randn(2, 4))
     assert seen == {"npu_swiglu": 2}
     assert npu_ops.launches["npu_swiglu"] >= 2
+
+
+def test_scalar_type_numbers_are_what_the_dispatcher_passes() -> None:
+    """torch_npu registers dtype arguments as ``int``: the kernel (and the
+    reference) gets the number the dispatcher makes of a torch dtype."""
+    seen: list[int] = []
+    library = torch.library.Library("npu_dtype_probe", "DEF")
+    library.define("probe(Tensor x, int dtype) -> Tensor")
+    library.impl("probe", lambda x, dtype: (seen.append(dtype), x)[1],
+                 "CompositeExplicitAutograd")
+    for number, dtype in emulation.SCALAR_TYPES.items():
+        torch.ops.npu_dtype_probe.probe(torch.zeros(1), dtype)
+        assert seen[-1] == number, dtype
+        assert emulation.as_dtype(number) is dtype

@@ -290,8 +290,7 @@ class AscendAttentionImpl(AttentionImpl):
                 atten_mask=meta.mask, actual_seq_lengths=meta.cumulative_query_lens,
                 num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
                 scale=self.scale, input_layout="TND", sparse_mode=3,
-                attention_out=flat[:n].view(n, self.num_heads, self.head_size),
-                softmax_lse=self._no_lse(query))
+                out=[flat[:n].view(n, self.num_heads, self.head_size), self._no_lse(query)])
             query = query[:n].view(n, self.num_heads, self.head_size)
             if meta.state is AttentionState.PREFILL_NO_CACHE:
                 npu_ops.npu_fused_infer_attention_score.out(
@@ -323,14 +322,26 @@ class DecodeCall:
     scale: float
     out: torch.Tensor  # [requests, 1, heads * head]
     lse: torch.Tensor
+    #: the kernel's scratch memory, held by a captured graph for its replays
+    workspace: torch.Tensor | None = None
+
+    def _arguments(self, block_table: torch.Tensor, seq_lens: list[int]) -> dict[str, Any]:
+        return dict(block_table=block_table, block_size=self.block_size,
+                    actual_seq_lengths_kv=seq_lens, num_heads=self.num_heads,
+                    num_key_value_heads=self.num_kv_heads, scale=self.scale,
+                    input_layout="BSH", sparse_mode=0)
+
+    def reserve_workspace(self, block_table: torch.Tensor, seq_lens: list[int]) -> None:
+        """The most scratch memory the kernel needs for this batch, allocated once
+        at capture, as torch_npu's graph handler does, so replays never allocate."""
+        self.workspace = npu_ops._npu_fused_infer_attention_score_get_max_workspace(
+            self.query, self.key_cache, self.value_cache,
+            **self._arguments(block_table, seq_lens))
 
     def launch(self, block_table: torch.Tensor, seq_lens: list[int]) -> None:
         npu_ops.npu_fused_infer_attention_score.out(
-            self.query, self.key_cache, self.value_cache, block_table=block_table,
-            block_size=self.block_size, actual_seq_lengths_kv=seq_lens,
-            num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
-            scale=self.scale, input_layout="BSH", sparse_mode=0,
-            attention_out=self.out, softmax_lse=self.lse)
+            self.query, self.key_cache, self.value_cache, workspace=self.workspace,
+            out=[self.out, self.lse], **self._arguments(block_table, seq_lens))
 
 
 @dataclass
@@ -366,6 +377,7 @@ def _capture_decode(call: DecodeCall, layer: Any, meta: AscendMetadata) -> None:
     if _graph_tasks is None:
         raise RuntimeError("vllm-ascend attention was captured into an ACL graph outside "
                            "ACLGraphWrapper, which alone updates its lengths before replay")
+    call.reserve_workspace(meta.block_table, meta.seq_lens)
     stream = npu_graphs.current_stream()
     npu_graphs.task_group_begin(stream)
     call.launch(meta.block_table, meta.seq_lens)

@@ -51,11 +51,11 @@ def _rms(x: torch.Tensor, gamma: torch.Tensor, epsilon: float
     return xf * rstd * gamma.float(), rstd.reshape(_rstd_shape(x, gamma))
 
 
-def npu_rms_norm(self: torch.Tensor, gamma: torch.Tensor, epsilon: float = 1e-6
+def npu_rms_norm(input: torch.Tensor, gamma: torch.Tensor, epsilon: float = 1e-6
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, rstd): y = x / sqrt(mean(x², over gamma's dims) + ε) · γ; rstd in float32."""
-    y, rstd = _rms(self, gamma, epsilon)
-    return y.to(self.dtype), rstd
+    y, rstd = _rms(input, gamma, epsilon)
+    return y.to(input.dtype), rstd
 
 
 def npu_add_rms_norm(x1: torch.Tensor, x2: torch.Tensor, gamma: torch.Tensor,
@@ -69,12 +69,12 @@ def npu_add_rms_norm(x1: torch.Tensor, x2: torch.Tensor, gamma: torch.Tensor,
     return y.to(x1.dtype), rstd, summed.to(x1.dtype)
 
 
-def npu_swiglu(self: torch.Tensor, dim: int = -1) -> torch.Tensor:
+def npu_swiglu(input: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """swish(A) · B, where A and B are the two halves of the input along ``dim``."""
-    if self.shape[dim] % 2:
-        raise ValueError(f"npu_swiglu: dim {dim} of size {self.shape[dim]} is odd")
-    a, b = self.float().chunk(2, dim=dim)
-    return (F.silu(a) * b).to(self.dtype)
+    if input.shape[dim] % 2:
+        raise ValueError(f"npu_swiglu: dim {dim} of size {input.shape[dim]} is odd")
+    a, b = input.float().chunk(2, dim=dim)
+    return (F.silu(a) * b).to(input.dtype)
 
 
 # --- rotary position embedding ------------------------------------------------------
@@ -89,15 +89,15 @@ def _rotate(x: torch.Tensor, rotary_mode: str) -> torch.Tensor:
     raise ValueError(f"rotary_mode must be 'half' or 'interleave', not {rotary_mode!r}")
 
 
-def npu_rotary_mul(self: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor,
+def npu_rotary_mul(input: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor,
                    rotary_mode: str = "half", rotate: torch.Tensor | None = None
                    ) -> torch.Tensor:
     """r1 · x + r2 · rotate(x) on 4-D inputs (cos = r1, sin = r2, broadcast)."""
-    if self.dim() != 4 or r1.dim() != 4 or r2.dim() != 4:
+    if input.dim() != 4 or r1.dim() != 4 or r2.dim() != 4:
         raise ValueError("npu_rotary_mul takes 4-D input, r1 and r2")
-    xf = self.float()
+    xf = input.float()
     turned = xf @ rotate.float() if rotate is not None else _rotate(xf, rotary_mode)
-    return (r1.float() * xf + r2.float() * turned).to(self.dtype)
+    return (r1.float() * xf + r2.float() * turned).to(input.dtype)
 
 
 def npu_mrope(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
@@ -516,8 +516,10 @@ def npu_grouped_matmul(
     (groups, k, n) (a transposed view is fine: the kernel reads either
     order), ``group_type=0`` (groups along m) with ``group_list`` an int64
     tensor of group sizes (``group_list_type=1``) or of their running sum (0),
-    and one output (``split_item`` 2 or 3). Rows past the last group are
-    zero. Products accumulate in float32 and round once to x's dtype.
+    and one output (``split_item`` 2 or 3); group sizes need two groups or
+    more (the docs: "group_list_type为1时, group_list必须为非负数列, 且长度不能为1").
+    Rows past the last group are zero. Products accumulate in float32 and
+    round once to x's dtype.
     """
     _unsupported("npu_grouped_matmul", bias=bias, scale=scale, offset=offset,
                  antiquant_scale=antiquant_scale, antiquant_offset=antiquant_offset,
@@ -551,6 +553,11 @@ def npu_grouped_matmul(
         raise ValueError(f"npu_grouped_matmul: group_list has {group_list.numel()} groups, "
                          f"weight {w.shape[0]} (at most 1024)")
     if group_list_type == 1:
+        if group_list.numel() == 1:
+            # the docs' constraint for group sizes; a running sum may be one long
+            raise ValueError("npu_grouped_matmul: a group_list of group sizes "
+                             "(group_list_type=1) cannot have length 1; pass the running "
+                             "sum (group_list_type=0)")
         if bool((group_list < 0).any()):
             raise ValueError("npu_grouped_matmul: group sizes must be non-negative")
         ends = group_list.cumsum(0)
@@ -577,15 +584,23 @@ def npu_grouped_matmul(
 def npu_moe_token_unpermute(permuted_tokens: torch.Tensor, sorted_indices: torch.Tensor,
                             probs: torch.Tensor | None = None, padded_mode: bool = False,
                             restore_shape: Sequence[int] | None = None) -> torch.Tensor:
-    """Each token's expert outputs summed back, weighted by ``probs``.
+    """Each token's K expert outputs gathered back and summed, weighted by ``probs``:
+    ``out[t] = sum_j probs[t, j] * permuted_tokens[sorted_indices[t*K + j]]``.
 
-    Row j of ``permuted_tokens`` belongs to source row ``sorted_indices[j]``
-    (token ``s // K``, its choice ``s % K``), as in the documented example
-    and torch_npu's equivalent-logic description (``index_copy_`` of the
-    rows to their sources, then a probs-weighted sum over K);
-    ``npu_moe_init_routing_v2``'s scatter index (``row_idx_type=1``) is such
-    a mapping. K is probs' second dim (1 without probs). Out: (tokens, hidden)
-    in permuted_tokens' dtype, summed in float32.
+    ``sorted_indices`` is indexed by source row (token t's j-th choice is
+    source t*K + j) and holds that choice's row in ``permuted_tokens``: a
+    gather index. torch_npu 2.13.0's docs carry two entries for this op that
+    disagree: the earlier one (bfloat16 only) has an example that reads the
+    index the other way round, as the row each permuted row came from; the
+    later one (float16/bfloat16/float32, int32 indices) defines it as the
+    position in ``permuted_tokens`` and its example gives [1, 2, 3, 4] only
+    under that reading. The later reading is followed: it is the one
+    ``npu_moe_token_permute``'s docs give (``permuted[sorted_indices[i]] =
+    tokens[i // K]``), Huawei's own op test round-trips permute through
+    unpermute with it, and upstream vllm-ascend feeds the op
+    ``npu_moe_init_routing_v2``'s gather index (``row_idx_type=0``).
+    K is probs' second dim (1 without probs), at most 512. Out: (tokens,
+    hidden) in permuted_tokens' dtype, summed in float32.
     """
     if padded_mode or restore_shape is not None:
         raise NotImplementedError("npu_moe_token_unpermute: padded_mode is not supported by "
@@ -593,9 +608,20 @@ def npu_moe_token_unpermute(permuted_tokens: torch.Tensor, sorted_indices: torch
     if permuted_tokens.dim() != 2 or sorted_indices.dim() != 1:
         raise ValueError("npu_moe_token_unpermute: permuted_tokens must be 2-D and "
                          "sorted_indices 1-D")
+    floats = (torch.float16, torch.bfloat16, torch.float32)
+    if permuted_tokens.dtype not in floats or (probs is not None and probs.dtype not in floats):
+        raise ValueError("npu_moe_token_unpermute: permuted_tokens and probs must be float16, "
+                         "bfloat16 or float32")
+    if sorted_indices.dtype != torch.int32:
+        raise ValueError(f"npu_moe_token_unpermute: sorted_indices must be int32, not "
+                         f"{sorted_indices.dtype}")
     if sorted_indices.numel() != permuted_tokens.shape[0]:
         raise ValueError("npu_moe_token_unpermute: one index per permuted row")
+    if probs is not None and probs.dim() != 2:
+        raise ValueError("npu_moe_token_unpermute: probs must be (tokens, K)")
     k = 1 if probs is None else probs.shape[1]
+    if k > 512:
+        raise ValueError(f"npu_moe_token_unpermute: K={k} choices per token; at most 512")
     total = sorted_indices.numel()
     if total % k or (probs is not None and probs.shape[0] * k != total):
         raise ValueError(f"npu_moe_token_unpermute: {total} rows do not make tokens of "
@@ -605,9 +631,7 @@ def npu_moe_token_unpermute(permuted_tokens: torch.Tensor, sorted_indices: torch
                   index.unique().numel() != total):
         raise ValueError("npu_moe_token_unpermute: sorted_indices must be a permutation of "
                          f"0..{total - 1}")
-    by_source = torch.zeros(total, permuted_tokens.shape[1], dtype=torch.float32)
-    by_source.index_copy_(0, index, permuted_tokens.float())
-    by_source = by_source.view(total // k, k, -1)
+    by_source = permuted_tokens.float().index_select(0, index).view(total // k, k, -1)
     if probs is not None:
         by_source = by_source * probs.float().unsqueeze(-1)
     return by_source.sum(dim=1).to(permuted_tokens.dtype)
@@ -639,14 +663,25 @@ def npu_fused_infer_attention_score_out(
     num_key_value_heads: int = 0, sparse_mode: int = 0, inner_precise: int = 0,
     block_size: int = 0, antiquant_mode: int = 0, key_antiquant_mode: int = 0,
     value_antiquant_mode: int = 0, softmax_lse_flag: bool = False,
-    workspace: torch.Tensor | None = None, attention_out: torch.Tensor,
-    softmax_lse: torch.Tensor,
+    workspace: torch.Tensor | None = None, out: Sequence[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``npu_fused_infer_attention_score`` writing into ``attention_out`` (and,
-    with ``softmax_lse_flag``, ``softmax_lse``), which must have the output's
-    shape and dtype: no separate copy into the caller's buffer. The workspace
-    is the kernel's scratch memory; the emulation needs none."""
-    out, lse = npu_fused_infer_attention_score(
+    """``npu_fused_infer_attention_score`` writing into ``out = [attention, lse]``:
+    no separate copy into the caller's buffer. ``attention`` must have the
+    output's shape and dtype; ``lse`` is written only with ``softmax_lse_flag``.
+    ``workspace`` is the kernel's scratch memory
+    (:func:`npu_fused_infer_attention_score_get_max_workspace`, as an ACL graph
+    holds it); the emulation needs none.
+
+    The form is the schema torch_npu 2.13.0's library registers
+    (``..., Tensor? workspace=None, Tensor[] out) -> (Tensor, Tensor)``) and the
+    one its own graph handler calls (``out=[attention, lse]``, with a workspace);
+    its yaml and docs name ``attention_out=`` / ``softmax_lse=`` keywords that the
+    registered op does not take, and this follows the binary.
+    """
+    if len(out) != 2:
+        raise ValueError(f"out must be [attention, softmax_lse], not {len(out)} tensors")
+    attention_out, softmax_lse = out
+    result, lse = npu_fused_infer_attention_score(
         query, key, value, pse_shift=pse_shift, atten_mask=atten_mask,
         actual_seq_lengths=actual_seq_lengths, actual_seq_lengths_kv=actual_seq_lengths_kv,
         dequant_scale1=dequant_scale1, quant_scale1=quant_scale1,
@@ -664,18 +699,69 @@ def npu_fused_infer_attention_score_out(
         sparse_mode=sparse_mode, inner_precise=inner_precise, block_size=block_size,
         antiquant_mode=antiquant_mode, softmax_lse_flag=softmax_lse_flag,
         key_antiquant_mode=key_antiquant_mode, value_antiquant_mode=value_antiquant_mode)
-    if attention_out.shape != out.shape or attention_out.dtype != out.dtype:
-        raise ValueError(f"attention_out must be {tuple(out.shape)} {out.dtype}, not "
+    if attention_out.shape != result.shape or attention_out.dtype != result.dtype:
+        raise ValueError(f"out[0] must be {tuple(result.shape)} {result.dtype}, not "
                          f"{tuple(attention_out.shape)} {attention_out.dtype}")
-    attention_out.copy_(out)
+    attention_out.copy_(result)
     if softmax_lse_flag:
         if softmax_lse.shape != lse.shape:
-            raise ValueError(f"softmax_lse must be {tuple(lse.shape)}")
+            raise ValueError(f"out[1] (softmax_lse) must be {tuple(lse.shape)}")
         softmax_lse.copy_(lse)
     return attention_out, softmax_lse
 
 
+def npu_fused_infer_attention_score_get_max_workspace(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+    pse_shift: torch.Tensor | None = None, atten_mask: torch.Tensor | None = None,
+    actual_seq_lengths: Sequence[int] | None = None,
+    actual_seq_lengths_kv: Sequence[int] | None = None,
+    dequant_scale1: torch.Tensor | None = None, quant_scale1: torch.Tensor | None = None,
+    dequant_scale2: torch.Tensor | None = None, quant_scale2: torch.Tensor | None = None,
+    quant_offset2: torch.Tensor | None = None, antiquant_scale: torch.Tensor | None = None,
+    antiquant_offset: torch.Tensor | None = None, block_table: torch.Tensor | None = None,
+    query_padding_size: torch.Tensor | None = None,
+    kv_padding_size: torch.Tensor | None = None,
+    key_antiquant_scale: torch.Tensor | None = None,
+    key_antiquant_offset: torch.Tensor | None = None,
+    value_antiquant_scale: torch.Tensor | None = None,
+    value_antiquant_offset: torch.Tensor | None = None,
+    key_shared_prefix: torch.Tensor | None = None,
+    value_shared_prefix: torch.Tensor | None = None,
+    actual_shared_prefix_len: torch.Tensor | None = None,
+    query_rope: torch.Tensor | None = None, key_rope: torch.Tensor | None = None,
+    key_rope_antiquant_scale: torch.Tensor | None = None,
+    num_heads: int = 1, scale: float = 1.0, pre_tokens: int = 2147483647,
+    next_tokens: int = 2147483647, input_layout: str = "BSH",
+    num_key_value_heads: int = 0, sparse_mode: int = 0, inner_precise: int = 0,
+    block_size: int = 0, antiquant_mode: int = 0, softmax_lse_flag: bool = False,
+    key_antiquant_mode: int = 0, value_antiquant_mode: int = 0,
+) -> torch.Tensor:
+    """The scratch memory the kernel needs at most for these arguments, which an
+    ACL graph allocates at capture and hands to every replay of the ``.out``
+    form (torch_npu's graph handler does this). The emulated kernel needs
+    none: an empty byte tensor on the query's device, for the call to hold."""
+    del key, value
+    return torch.empty(0, dtype=torch.uint8, device=query.device)
+
+
 # --- quantization -----------------------------------------------------------------
+
+#: c10::ScalarType numbers of torch's dtypes: torch_npu registers its dtype
+#: arguments as ``int`` (``npu_quantize(..., int dtype, ...)``,
+#: ``npu_quant_matmul(..., int? output_dtype=None, ...)``), and the dispatcher
+#: hands the kernel a torch dtype's ScalarType number
+SCALAR_TYPES = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64,
+                5: torch.float16, 6: torch.float32, 7: torch.float64, 11: torch.bool,
+                12: torch.qint8, 13: torch.quint8, 14: torch.qint32, 15: torch.bfloat16}
+
+
+def as_dtype(value: Any) -> Any:
+    """A dtype argument as the kernel reads it: a torch dtype, or the ScalarType
+    number the dispatcher passes for one; anything else is returned as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return SCALAR_TYPES.get(value, value)
+    return value
+
 
 #: output dtypes of the integer quantization ops, by the names torch_npu takes
 _INT_DTYPES = {torch.qint8: torch.int8, torch.int8: torch.int8,
@@ -704,28 +790,28 @@ def _along(t: torch.Tensor, x: torch.Tensor, dim: int, name: str) -> torch.Tenso
                      f"of input {tuple(x.shape)}")
 
 
-def npu_quantize(self: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
-                 dtype: torch.dtype, axis: int = 1, div_mode: bool = True) -> torch.Tensor:
+def npu_quantize(input: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                 dtype: torch.dtype | int, axis: int = 1, div_mode: bool = True) -> torch.Tensor:
     """x / scales + zero_points (``div_mode``) or x · scales + zero_points, in
     float32, rounded and saturated to ``dtype``. scales and zero_points run
     along ``axis``; without ``div_mode`` an axis of -2 is the second-last dim
     and any larger one the last."""
-    out_dtype = _INT_DTYPES.get(dtype)
+    out_dtype = _INT_DTYPES.get(as_dtype(dtype))
     if out_dtype is None:
         raise NotImplementedError(f"npu_quantize: the emulation does not implement dtype {dtype}")
     if div_mode:
-        if not -self.dim() <= axis < self.dim():
-            raise ValueError(f"npu_quantize: axis {axis} outside input of {self.dim()} dims")
-        dim = axis % self.dim()
+        if not -input.dim() <= axis < input.dim():
+            raise ValueError(f"npu_quantize: axis {axis} outside input of {input.dim()} dims")
+        dim = axis % input.dim()
     else:
         if axis < -2:
             raise ValueError(f"npu_quantize: axis must be >= -2 without div_mode, got {axis}")
-        dim = self.dim() - 2 if axis == -2 else self.dim() - 1
-    y = self.float()
-    s = _along(scales, self, dim, "scales")
+        dim = input.dim() - 2 if axis == -2 else input.dim() - 1
+    y = input.float()
+    s = _along(scales, input, dim, "scales")
     y = y / s if div_mode else y * s
     if zero_points is not None:
-        y = y + _along(zero_points, self, dim, "zero_points")
+        y = y + _along(zero_points, input, dim, "zero_points")
     return _saturate(y, out_dtype)
 
 
@@ -786,7 +872,7 @@ def npu_quant_matmul(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *,
     if scale.dim() != 1 or scale.numel() not in (1, n):
         raise ValueError(f"npu_quant_matmul: scale must be (1,) or ({n},), "
                          f"got {tuple(scale.shape)}")
-    out_dtype = torch.int8 if output_dtype is None else output_dtype
+    out_dtype = torch.int8 if output_dtype is None else as_dtype(output_dtype)
     if out_dtype not in (torch.int8, torch.float16, torch.bfloat16, torch.float32):
         raise NotImplementedError(f"npu_quant_matmul: the emulation does not implement "
                                   f"output_dtype {out_dtype}")
@@ -825,6 +911,8 @@ REFERENCES: dict[str, Callable[..., Any]] = {
     "npu_scatter_pa_kv_cache": npu_scatter_pa_kv_cache,
     "npu_fused_infer_attention_score": npu_fused_infer_attention_score,
     "npu_fused_infer_attention_score.out": npu_fused_infer_attention_score_out,
+    "_npu_fused_infer_attention_score_get_max_workspace":
+        npu_fused_infer_attention_score_get_max_workspace,
     "npu_moe_gating_top_k_softmax_v2": npu_moe_gating_top_k_softmax_v2,
     "npu_moe_init_routing_v2": npu_moe_init_routing_v2,
     "npu_grouped_matmul": npu_grouped_matmul,

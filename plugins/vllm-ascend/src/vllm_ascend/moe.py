@@ -9,7 +9,7 @@ host synchronisation:
 1. ``npu_moe_gating_top_k_softmax_v2``: each token's top-k experts and their
    weights (``renorm=1`` when the model renormalises the k weights);
 2. ``npu_moe_init_routing_v2``: each token copied once per chosen expert,
-   the copies grouped by expert, with the tokens per expert;
+   the copies grouped by expert, with the running sum of tokens per expert;
 3. ``npu_grouped_matmul``: every expert's gate and up projection at once;
 4. ``npu_swiglu``;
 5. ``npu_grouped_matmul``: every expert's down projection;
@@ -105,31 +105,30 @@ def routed_experts(x: torch.Tensor, router_logits: torch.Tensor, w13_kn: torch.T
     tokens = x.shape[0]
     weights, experts, _ = npu_ops.npu_moe_gating_top_k_softmax_v2(
         router_logits, k=top_k, renorm=1 if renormalize else 0)
-    gather = expert_range is not None
-    expanded, rows, per_expert, _ = npu_ops.npu_moe_init_routing_v2(
-        x, experts, active_num=tokens * top_k, expert_num=num_experts,
-        expert_tokens_num_type=1, expert_tokens_num_flag=True,
-        active_expert_range=list(expert_range) if gather else [],
-        row_idx_type=0 if gather else 1)
-    (gate_up,) = npu_ops.npu_grouped_matmul(
-        [expanded], [w13_kn], group_list=per_expert, split_item=2, group_type=0,
-        group_list_type=1)
-    (down,) = npu_ops.npu_grouped_matmul(
-        [npu_ops.npu_swiglu(gate_up, dim=-1)], [w2_kn], group_list=per_expert,
-        split_item=2, group_type=0, group_list_type=1)
-    if not gather:
-        # row_idx_type=1: the scatter index, a permutation of the choices
-        return npu_ops.npu_moe_token_unpermute(down, rows, weights.to(down.dtype))
     # row_idx_type=0: rows[t·K + j] is the expanded row of token t's j-th
-    # choice, -1 when another rank holds that expert. The kernels leave the
-    # rows past the kept ones undefined, so a dropped choice is selected
-    # away, never multiplied by zero.
+    # choice (-1 when another rank holds that expert); ends: the running sum
+    # of tokens per expert, a form the grouped matmul takes for any number of
+    # local experts (sizes must come two or more)
+    expanded, rows, ends, _ = npu_ops.npu_moe_init_routing_v2(
+        x, experts, active_num=tokens * top_k, expert_num=num_experts,
+        expert_tokens_num_type=0, expert_tokens_num_flag=True,
+        active_expert_range=list(expert_range) if expert_range is not None else [],
+        row_idx_type=0)
+    (gate_up,) = npu_ops.npu_grouped_matmul(
+        [expanded], [w13_kn], group_list=ends, split_item=2, group_type=0, group_list_type=0)
+    (down,) = npu_ops.npu_grouped_matmul(
+        [npu_ops.npu_swiglu(gate_up, dim=-1)], [w2_kn], group_list=ends, split_item=2,
+        group_type=0, group_list_type=0)
+    if expert_range is None:
+        # every choice is kept: rows is a permutation, the unpermute's gather index
+        return npu_ops.npu_moe_token_unpermute(down, rows, weights.to(down.dtype))
+    # The kernels leave the rows past the kept ones undefined, so a dropped
+    # choice is selected away, never multiplied by zero.
     kept = (rows >= 0).unsqueeze(-1)
     chosen = torch.where(kept, down.index_select(0, rows.clamp(min=0).long()),
                          down.new_zeros(()))
     weighted = chosen.float().view(tokens, top_k, -1) * weights.float().unsqueeze(-1)
     return weighted.sum(dim=1).to(down.dtype)
-
 
 class AscendFusedMoEMethod(UnquantizedFusedMoEMethod):
     """vLLM's unquantised MoE weights, run by the NPU's MoE kernels."""
