@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from vllm_plugin_kit.settings import usable_cores
-from vllm_plugin_kit.worker import thread_count
+from vllm_plugin_kit.settings import thread_count, usable_cores
 
 
 def test_threads_follow_the_setting_then_the_users_omp_then_the_cores(monkeypatch):

@@ -269,3 +269,17 @@ def write_readme(path: Path, table: SettingsTable) -> bool:
     if new != text:
         Path(path).write_text(new)
     return new != text
+
+
+def thread_count(setting: int | None, tensor_parallel: int, pipeline_parallel: int) -> int:
+    """Torch threads of one worker: the plugin's setting, else ``OMP_NUM_THREADS``
+    where the user (not vLLM) set it, else the usable cores shared by the
+    workers of this host."""
+    if setting is not None:
+        return setting
+    from vllm.utils.torch_utils import OMP_NUM_THREADS_SET_BY_VLLM
+
+    user = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if user.isdigit() and int(user) > 0 and OMP_NUM_THREADS_SET_BY_VLLM not in os.environ:
+        return int(user)
+    return max(1, usable_cores() // (tensor_parallel * pipeline_parallel))

@@ -11,7 +11,6 @@ example).
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -24,7 +23,7 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
 
 from vllm_plugin_kit import get_logger
-from vllm_plugin_kit.settings import SettingsTable, usable_cores
+from vllm_plugin_kit.settings import SettingsTable, thread_count
 
 logger = get_logger(__name__)
 
@@ -55,20 +54,6 @@ def weights_bytes(model: torch.nn.Module) -> int:
     """Bytes of the model's parameters and buffers, each tensor counted once."""
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
     return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def thread_count(setting: int | None, tensor_parallel: int, pipeline_parallel: int) -> int:
-    """Torch threads of one worker: the plugin's setting, else ``OMP_NUM_THREADS``
-    where the user (not vLLM) set it, else the usable cores shared by the
-    workers of this host."""
-    if setting is not None:
-        return setting
-    from vllm.utils.torch_utils import OMP_NUM_THREADS_SET_BY_VLLM
-
-    user = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if user.isdigit() and int(user) > 0 and OMP_NUM_THREADS_SET_BY_VLLM not in os.environ:
-        return int(user)
-    return max(1, usable_cores() // (tensor_parallel * pipeline_parallel))
 
 
 class HostWorker(CPUWorker):
