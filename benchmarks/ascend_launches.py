@@ -87,6 +87,12 @@ def install(worker, layer_index: int) -> int:
     return len(layers)
 
 
+def classes(wrapper) -> str:
+    """The worker and model runner the engine runs (the NPU's, emulated or not)."""
+    worker = getattr(wrapper, "worker", wrapper)
+    return f"{type(worker).__name__} and {type(worker.model_runner).__name__}"
+
+
 def take(worker) -> list[dict]:
     records, worker.launch_records[:] = list(worker.launch_records), []
     return records
@@ -115,6 +121,7 @@ def main() -> None:
               enable_prefix_caching=False, enforce_eager=True,
               additional_config={"ascend": {"device_memory": "1536MiB"}})
     (layers,) = llm.collective_rpc(install, args=(1,))
+    (runs_on,) = llm.collective_rpc(classes)
     rows = []
     for batch in args.batch:
         prompts = [f"Count from {i} to twenty:" for i in range(batch)]
@@ -132,7 +139,7 @@ def main() -> None:
     command = "python benchmarks/ascend_launches.py " + " ".join(sys.argv[1:])
     print(f"\nCommand: `{command.strip()}`  \nMachine: {machine()}  \n"
           f"Model: {label} ({layers} decoder layers), {args.dtype}, NPU emulation; "
-          "counted on decoder layer 1\n")
+          f"counted on decoder layer 1; the engine runs {runs_on}\n")
     print("| decode batch | decode steps counted | kernels per layer per step | "
           "same every step | host syncs in the forward passes |")
     print("|---|---|---|---|---|")

@@ -99,3 +99,35 @@ def test_npu_ops_per_layer_and_step(llm):
     assert per_layer["npu_rms_norm"] == 1
     assert per_layer["npu_add_rms_norm"] == 2 * layers
     assert sum(per_layer.values()) == 6 * layers + 1
+
+
+def _start_up(wrapper) -> dict:
+    from vllm_ascend.emulated import runtime
+
+    worker = getattr(wrapper, "worker", wrapper)
+    device = runtime.device_of(worker)
+    kv_bytes = sum(cache.untyped_storage().nbytes()
+                   for cache in {c.data_ptr(): c for c in worker.model_runner.kv_caches}.values())
+    return {"worker": type(worker).__qualname__, "module": type(worker).__module__,
+            "runner": type(worker.model_runner).__qualname__,
+            "bases": [c.__module__ + "." + c.__qualname__
+                      for c in type(worker.model_runner).__mro__],
+            "peak": device.peak, "budget": worker.requested_memory,
+            "capacity": device.capacity, "kv": kv_bytes}
+
+
+def test_the_engine_runs_the_npu_worker_and_runner_within_the_devices_memory(llm):
+    """The classes an NPU runs, vLLM's GPU worker and runner under them; from the
+    memory profile on (the KV cache, the graphs' capture, the warm-up) the
+    emulated device's peak stays within vLLM's budget of it."""
+    (seen,) = llm.collective_rpc(_start_up)
+    assert (seen["module"], seen["worker"], seen["runner"]) == (
+        "vllm_ascend.worker", "NPUWorker", "NPUModelRunner"), seen
+    assert "vllm.v1.worker.gpu_model_runner.GPUModelRunner" in seen["bases"]
+    assert not [base for base in seen["bases"] if "cpu" in base.lower()], seen["bases"]
+    assert seen["capacity"] == 1536 << 20  # make_llm's device_memory
+    assert seen["budget"] < seen["capacity"]  # --gpu-memory-utilization of it
+    assert seen["kv"] > 0.5 * seen["budget"], seen  # the KV cache takes most of it
+    assert seen["peak"] <= seen["budget"], (
+        f"{seen['peak'] / 2**30:.3f} GiB at peak on a device whose budget is "
+        f"{seen['budget'] / 2**30:.3f} GiB")

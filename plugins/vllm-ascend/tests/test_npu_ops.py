@@ -166,10 +166,10 @@ def compressed_mask() -> torch.Tensor:
 
 
 def check_npu_fused_infer_attention_score() -> None:
-    heads, kv_heads, d, block = 4, 2, 16, 8
+    heads, kv_heads, d, block = 4, 2, 16, 128
     scale = 1 / math.sqrt(d)
     # a prefill with cached context, a decode and a fresh prefill, paged
-    q_lens, kv_lens = [3, 1, 5], [10, 17, 5]
+    q_lens, kv_lens = [3, 1, 5], [130, 260, 5]
     q = torch.randn(sum(q_lens), heads, d)
     k_req = [torch.randn(n, kv_heads, d) for n in kv_lens]
     v_req = [torch.randn(n, kv_heads, d) for n in kv_lens]
@@ -238,6 +238,18 @@ def check_npu_fused_infer_attention_score() -> None:
         npu_ops.npu_fused_infer_attention_score(
             q, k_tnd, v_tnd, input_layout="TND", actual_seq_lengths=cum_q,
             actual_seq_lengths_kv=cum_kv, num_heads=heads, quant_scale2=torch.ones(1))
+    # the kernel takes a contiguous query only: not Q as a slice of QKV
+    qkv = torch.cat([q, k_tnd[: q.shape[0]]], dim=1)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        npu_ops.npu_fused_infer_attention_score(
+            qkv[:, :heads], k_tnd, v_tnd, input_layout="TND", actual_seq_lengths=cum_q,
+            actual_seq_lengths_kv=cum_kv, num_heads=heads, num_key_value_heads=kv_heads)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        npu_ops.npu_fused_infer_attention_score(
+            qkv[:3, :heads].reshape(3, 1, heads * d), key_cache.view(blocks, block, -1),
+            value_cache.view(blocks, block, -1), block_table=table, input_layout="BSH",
+            block_size=block, actual_seq_lengths_kv=kv_lens, num_heads=heads,
+            num_key_value_heads=kv_heads)
 
 
 def check_npu_moe_gating_top_k_softmax_v2() -> None:
@@ -301,9 +313,10 @@ def check_npu_moe_init_routing_v2() -> None:
                 "npu_moe_init_routing_v2", x, idx, active_num=rows * k, expert_num=experts,
                 expert_tokens_num_type=1, expert_tokens_num_flag=True,
                 active_expert_range=[start, end], row_idx_type=row_type))
-    cumsum = npu_ops.npu_moe_init_routing_v2(x, idx, expert_num=experts,
-                                             expert_tokens_num_flag=True)[2]
-    assert cumsum.tolist() == [2, 5, 5, 8, 9, 10]
+    # cumsum counts are documented but "only 1 and 2 are supported"
+    with pytest.raises(ValueError, match="expert_tokens_num_type=0"):
+        npu_ops.npu_moe_init_routing_v2(x, idx, expert_num=experts,
+                                        expert_tokens_num_flag=True)
     with pytest.raises(ValueError, match="expert ids"):
         npu_ops.npu_moe_init_routing_v2(x, idx, expert_num=5)
     with pytest.raises(NotImplementedError, match="quant_mode"):
@@ -395,12 +408,12 @@ def test_routing_then_unpermute_gives_the_tokens_back() -> None:
 def check_npu_fused_infer_attention_score__out() -> None:
     """The out= overload writes the functional form's result into the given
     tensors, and refuses an output of the wrong shape."""
-    heads, kv_heads, d, block, blocks = 4, 2, 8, 4, 6
+    heads, kv_heads, d, block, blocks = 4, 2, 8, 128, 6
     cache = torch.randn(2, blocks, block, kv_heads * d)
     table = torch.tensor([[0, 3], [5, 1]], dtype=torch.int32)
     q = torch.randn(2, 1, heads * d)
     args = dict(block_table=table, input_layout="BSH", block_size=block,
-                actual_seq_lengths_kv=[7, 3], num_heads=heads, num_key_value_heads=kv_heads,
+                actual_seq_lengths_kv=[200, 3], num_heads=heads, num_key_value_heads=kv_heads,
                 scale=0.3, softmax_lse_flag=True)
     want, want_lse = npu_ops.npu_fused_infer_attention_score(q, cache[0], cache[1], **args)
     buffer = torch.full((2, 1, heads * d), float("nan"))

@@ -90,7 +90,7 @@ def _config(model_dir: str, dtype: str = "float32", **kwargs):
 def test_config_defaults_and_refusals(tiny_model_dir):
     config = _config(tiny_model_dir)  # the emulated platform is current (conftest)
     assert config.cache_config.block_size == 128
-    assert config.parallel_config.worker_cls == "vllm_ascend.worker.EmulatedNPUWorker"
+    assert config.parallel_config.worker_cls == "vllm_ascend.worker.NPUWorker"
     assert "all" in config.compilation_config.custom_ops
     with pytest.raises(ValueError, match="blocks of 128 to 512 tokens, multiples of 128"):
         _config(tiny_model_dir, block_size=64)
@@ -99,6 +99,11 @@ def test_config_defaults_and_refusals(tiny_model_dir):
         _config(tiny_model_dir, additional_config={"ascend": {"nz": 1}})
     with pytest.raises(ValueError, match="device_memory='lots' is not a memory size"):
         _config(tiny_model_dir, additional_config={"ascend": {"device_memory": "lots"}})
+    from vllm.config import ModelConfig
+
+    # vLLM's sleep mode needs a CUDA or XPU memory pool: refused by vLLM itself
+    with pytest.raises(ValueError, match="Sleep mode is not supported on current platform"):
+        ModelConfig(model=tiny_model_dir, enable_sleep_mode=True)
 
 
 def test_graph_mode(tiny_model_dir):
@@ -152,10 +157,10 @@ def test_the_runners_wrap_the_model_in_acl_graphs(tiny_model_dir):
 
 
 def test_npu_platform_picks_the_device_worker(tiny_model_dir):
-    """On an NPU the platform takes vLLM's GPU worker and runner made for it; the
-    worker module imports without torch_npu (it is used only on the device)."""
+    """The platform takes vLLM's GPU worker and runner made for the NPU, on an NPU
+    as under emulation; the worker module imports without torch_npu."""
     from vllm_ascend.platform import NPUPlatform
-    from vllm_ascend.worker import EmulatedNPUWorker, NPUWorker
+    from vllm_ascend.worker import NPUWorker
 
     config = _config(tiny_model_dir, dtype="bfloat16")
     config.parallel_config.worker_cls = "auto"
@@ -166,7 +171,6 @@ def test_npu_platform_picks_the_device_worker(tiny_model_dir):
     from vllm.v1.worker.gpu_worker import Worker
 
     assert issubclass(NPUWorker, Worker) and not issubclass(NPUWorker, CPUWorker)
-    assert issubclass(EmulatedNPUWorker, CPUWorker)
     with pytest.raises(ValueError, match="on the NPU does not run dtype=float32"):
         NPUPlatform.check_and_update_config(_config(tiny_model_dir))
 

@@ -19,14 +19,13 @@ def test_every_private_override_is_listed():
     from vllm_ascend.acl_graph import ACLGraphWrapper
     from vllm_ascend.attention import AscendAttentionBackend, AscendAttentionImpl
     from vllm_ascend.communicator import NPUCommunicator
-    from vllm_ascend.model_runner import EmulatedNPUModelRunner, NPUModelRunner
+    from vllm_ascend.model_runner import NPUModelRunner
     from vllm_ascend.moe import AscendFusedMoEMethod
     from vllm_ascend.ops import AscendRMSNorm, AscendRotaryEmbedding, AscendSiluAndMul
     from vllm_ascend.platform import EmulatedNPUPlatform, NPUPlatform
-    from vllm_ascend.worker import EmulatedNPUWorker, NPUWorker
+    from vllm_ascend.worker import NPUWorker
 
-    classes = (NPUPlatform, EmulatedNPUPlatform, NPUWorker, EmulatedNPUWorker,
-               NPUModelRunner, EmulatedNPUModelRunner, ACLGraphWrapper,
+    classes = (NPUPlatform, EmulatedNPUPlatform, NPUWorker, NPUModelRunner, ACLGraphWrapper,
                AscendAttentionBackend, AscendAttentionImpl, NPUCommunicator,
                AscendFusedMoEMethod, AscendRMSNorm, AscendRotaryEmbedding, AscendSiluAndMul)
     assert unlisted_overrides(classes, (*KIT, *COUPLINGS)) == []

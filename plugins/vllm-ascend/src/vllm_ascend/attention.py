@@ -260,7 +260,10 @@ class AscendAttentionImpl(AttentionImpl):
             return output
         meta = attn_metadata
         n = meta.num_actual_tokens
-        # the kernels take contiguous inputs; K and V arrive as slices of QKV
+        # the kernels take contiguous inputs; K and V arrive as slices of QKV,
+        # and so does Q after a rotary kernel that works in place (the
+        # plugin's own): copied only where they are not contiguous
+        query = query[:n].contiguous()
         key = key[:n].reshape(n, self.num_kv_heads, self.head_size).contiguous()
         value = value[:n].reshape(n, self.num_kv_heads, self.head_size).contiguous()
         key_cache, value_cache = kv_cache[0], kv_cache[1]
@@ -272,7 +275,7 @@ class AscendAttentionImpl(AttentionImpl):
             # BSH layout over the paged cache, no mask needed
             blocks, block_size = key_cache.shape[:2]
             call = DecodeCall(
-                query=query[:n].reshape(n, 1, -1),
+                query=query.view(n, 1, -1),
                 key_cache=key_cache.view(blocks, block_size, -1),
                 value_cache=value_cache.view(blocks, block_size, -1),
                 block_size=block_size, num_heads=self.num_heads,
@@ -291,7 +294,7 @@ class AscendAttentionImpl(AttentionImpl):
                 num_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
                 scale=self.scale, input_layout="TND", sparse_mode=3,
                 out=[flat[:n].view(n, self.num_heads, self.head_size), self._no_lse(query)])
-            query = query[:n].view(n, self.num_heads, self.head_size)
+            query = query.view(n, self.num_heads, self.head_size)
             if meta.state is AttentionState.PREFILL_NO_CACHE:
                 npu_ops.npu_fused_infer_attention_score.out(
                     query, key, value, actual_seq_lengths_kv=meta.cumulative_query_lens,

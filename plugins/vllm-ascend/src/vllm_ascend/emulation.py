@@ -9,13 +9,17 @@ inputs the NPU kernel rejects (wrong layout, out-of-range slots, a wrong
 compressed mask) raise ``ValueError`` here too.
 
 Numerics: NPU kernels accumulate in float32 and round once to the input
-dtype; so do these. float32 inputs are accepted everywhere, for checking
-against transformers, though some kernels take only float16/bfloat16.
+dtype; so do these. Where a kernel takes only float16/bfloat16 (the fused
+attention, npu_dynamic_quant's input, npu_quant_matmul's output), float32 is
+accepted only under the one named relaxation, :data:`FLOAT32_RELAXATION`, which
+the emulated platform's float32 runs need to equal transformers exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -145,7 +149,47 @@ def npu_mrope(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
     return rotated(query), rotated(key)
 
 
+# --- the float32 relaxation ---------------------------------------------------------
+
+#: The one way the references take more than the kernels: float32 where a kernel
+#: takes only float16/bfloat16, so that the emulated platform's float32 runs hold
+#: the plugin to transformers' float32 tokens exactly. On under emulation (every
+#: call it lets through is counted in :data:`relaxed`); off inside
+#: :func:`kernel_rules`, which the device check's calls are held to.
+FLOAT32_RELAXATION = "float32 relaxation"
+_float32_relaxed = True
+#: calls accepted only through the float32 relaxation, by op
+relaxed: Counter[str] = Counter()
+
+
+@contextmanager
+def kernel_rules() -> Iterator[None]:
+    """Inside the block the references take only what the kernels take (no float32
+    relaxation): what a call must satisfy to run on an NPU."""
+    global _float32_relaxed
+    before, _float32_relaxed = _float32_relaxed, False
+    try:
+        yield
+    finally:
+        _float32_relaxed = before
+
+
+def _float32_relaxation(op: str, what: str) -> None:
+    """A float32 ``what`` the kernel does not take: accepted (and counted) only
+    under the relaxation."""
+    if not _float32_relaxed:
+        raise ValueError(f"{op}: the kernel takes no float32 {what} (taken only under the "
+                         f"emulation's {FLOAT32_RELAXATION}, off here)")
+    relaxed[op] += 1
+
+
 # --- paged KV cache and attention ---------------------------------------------------
+
+#: Block sizes of a paged KV cache the fused attention reads: its prompt kernel
+#: (Q_S > 1) takes 128 to 512, multiples of 128 (its incremental one, any multiple
+#: of 16 up to 512; one cache serves both, so every paged call is held to the first).
+PAGED_BLOCK_SIZES = range(128, 513, 128)
+
 
 def npu_scatter_pa_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
                             value_cache: torch.Tensor, slot_mapping: torch.Tensor, *,
@@ -265,6 +309,9 @@ def npu_fused_infer_attention_score(
         value_shared_prefix=value_shared_prefix,
         actual_shared_prefix_len=actual_shared_prefix_len, query_rope=query_rope,
         key_rope=key_rope, key_rope_antiquant_scale=key_rope_antiquant_scale)
+    if not query.is_contiguous():
+        raise ValueError(f"npu_fused_infer_attention_score: query {tuple(query.shape)} of "
+                         f"strides {query.stride()} must be contiguous")
     if input_layout == "BSH":
         if block_table is None or actual_seq_lengths is not None or query.dim() != 3:
             raise NotImplementedError("input_layout='BSH' is emulated for a paged cache "
@@ -286,6 +333,14 @@ def npu_fused_infer_attention_score(
     if input_layout != "TND":
         raise NotImplementedError(f"input_layout={input_layout!r} is not emulated; use 'TND' "
                                   "(or 'BSH' for decode over a paged cache)")
+    if query.dtype == torch.float32:
+        _float32_relaxation("npu_fused_infer_attention_score", "query, key and value")
+    elif query.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"npu_fused_infer_attention_score: query must be float16 or bfloat16 "
+                         f"(int8 only with quantization arguments), not {query.dtype}")
+    if key.dtype != query.dtype or value.dtype != query.dtype:
+        raise ValueError(f"npu_fused_infer_attention_score: key and value must be "
+                         f"{query.dtype} like the query, not {key.dtype} and {value.dtype}")
     if num_heads <= 0:
         raise ValueError(f"num_heads should be greater than 0, but got {num_heads}")
     kv_heads = num_key_value_heads or num_heads
@@ -314,8 +369,9 @@ def npu_fused_infer_attention_score(
     if block_table is not None:
         if block_table.dtype != torch.int32:
             raise ValueError(f"block_table must be int32, not {block_table.dtype}")
-        if block_size <= 0:
-            raise ValueError("paged attention needs block_size")
+        if block_size not in PAGED_BLOCK_SIZES:
+            raise ValueError(f"paged attention: block_size={block_size}; the kernel takes 128 to "
+                             "512, a multiple of 128")
         if key.dim() == 3:  # [blocks, block_size, kv_heads * head_dim]
             k_flat = key.reshape(-1, kv_heads, head_dim)
             v_flat = value.reshape(-1, kv_heads, value.shape[-1] // kv_heads)
@@ -441,7 +497,8 @@ def npu_moe_init_routing_v2(
     the kept rows, -1 after them. ``row_idx_type=0`` (gather index):
     ``expanded_row_idx[source] = i``, -1 for a dropped choice.
     ``expert_tokens`` (int64, one per expert of the range): tokens per expert
-    (``expert_tokens_num_type=1``) or their running sum (0). Unquantised only
+    (``expert_tokens_num_type=1``); the cumsum form (0) is documented but, the
+    docs say, not supported yet, so it is refused. Unquantised only
     (``quant_mode=-1``), dropless only (``drop_pad_mode=0``).
     """
     _unsupported("npu_moe_init_routing_v2", scale=scale, offset=offset, x_dtype=x_dtype)
@@ -450,6 +507,10 @@ def npu_moe_init_routing_v2(
                                   "quant_mode=-1 (no quantization) only")
     if drop_pad_mode != 0:
         raise NotImplementedError("npu_moe_init_routing_v2: drop_pad_mode=1 is not emulated")
+    if expert_tokens_num_flag and expert_tokens_num_type == 0:
+        # the docs: "取值为0、1和2 ... 当前仅支持1和2"
+        raise ValueError("npu_moe_init_routing_v2: expert_tokens_num_type=0 (cumsum) is not "
+                         "supported by the kernel; use 1 (counts)")
     if expert_tokens_num_type not in (0, 1):
         raise NotImplementedError("npu_moe_init_routing_v2: expert_tokens_num_type=2 "
                                   "(key_value) is not emulated")
@@ -484,10 +545,7 @@ def npu_moe_init_routing_v2(
     else:
         expanded_row_idx[kept] = torch.arange(available, dtype=torch.int32)
     counts = torch.bincount(flat[kept] - start, minlength=end - start).to(torch.int64)
-    if not expert_tokens_num_flag:
-        expert_tokens = torch.empty(0, dtype=torch.int64)
-    else:
-        expert_tokens = counts if expert_tokens_num_type == 1 else counts.cumsum(0)
+    expert_tokens = counts if expert_tokens_num_flag else torch.empty(0, dtype=torch.int64)
     # without scale the kernel leaves expanded_scale undefined
     expanded_scale = torch.zeros(out_rows, dtype=torch.float32)
     return expanded_x, expanded_row_idx, expert_tokens, expanded_scale
@@ -831,6 +889,11 @@ def npu_dynamic_quant(input: torch.Tensor, *, smooth_scales: torch.Tensor | None
                                   "'pertoken' with the int8 range only")
     if input.dim() < 2:
         raise ValueError("npu_dynamic_quant: input needs at least 2 dims")
+    if input.dtype == torch.float32:
+        _float32_relaxation("npu_dynamic_quant", "input")
+    elif input.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"npu_dynamic_quant: input must be float16 or bfloat16, not "
+                         f"{input.dtype}")
     x = input.float()
     if smooth_scales is not None:
         if tuple(smooth_scales.shape) != (x.shape[-1],):
@@ -853,7 +916,9 @@ def npu_quant_matmul(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *,
     """int8 x1 @ int8 x2 accumulated exactly (int32 on the NPU), plus an int32
     bias, times the per-channel ``scale`` and the per-token ``pertoken_scale``,
     plus a floating bias; int8 output (the default) adds ``offset`` and is
-    rounded and saturated. float32 output is an emulation extension."""
+    rounded and saturated. The dtypes of scale, offset, bias, pertoken_scale and
+    output must be one of the kernel's combinations (:func:`_quant_matmul_takes`);
+    float32 output only under the :data:`FLOAT32_RELAXATION`, on bfloat16's terms."""
     _unsupported("npu_quant_matmul", x1_dtype=x1_dtype, x2_dtype=x2_dtype,
                  pertoken_scale_dtype=pertoken_scale_dtype, scale_dtype=scale_dtype,
                  group_sizes=group_sizes, y_scale=y_scale)
@@ -878,6 +943,15 @@ def npu_quant_matmul(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *,
                                   f"output_dtype {out_dtype}")
     if offset is not None and out_dtype != torch.int8:
         raise ValueError("npu_quant_matmul: offset applies to int8 output only")
+    if out_dtype == torch.float32:
+        _float32_relaxation("npu_quant_matmul", "output_dtype")
+    if not _quant_matmul_takes(out_dtype, scale, offset, pertoken_scale, bias):
+        def name(t: torch.Tensor | None) -> str:
+            return "None" if t is None else str(t.dtype).removeprefix("torch.")
+        raise ValueError(
+            f"npu_quant_matmul: the kernel takes no output_dtype {out_dtype} with scale "
+            f"{name(scale)}, offset {name(offset)}, pertoken_scale {name(pertoken_scale)} and "
+            f"bias {name(bias)} (torch_npu's table of the Atlas A2/A3 combinations)")
     if x2.dim() == 2:
         # int8 products summed exactly in int32, as the NPU's cube unit does
         rows = torch._int_mm(x1.reshape(-1, k), x2).reshape(*x1.shape[:-1], n)
@@ -899,6 +973,35 @@ def npu_quant_matmul(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *,
             y = y + offset.double()
         return _saturate(y, torch.int8)
     return y.to(out_dtype)
+
+
+def _quant_matmul_takes(out: torch.dtype, scale: torch.Tensor, offset: torch.Tensor | None,
+                        pertoken_scale: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
+    """Whether int8 x1 and x2 with these dtypes are a combination of torch_npu
+    2.13.0's table for Atlas A2/A3 (its docs of npu_quant_matmul): int8 and
+    float16 out with scale int64/float32 and bias int32 or None, no
+    pertoken_scale (int8 out may add a float32 offset); float16 out with a
+    float32 pertoken_scale, scale float32, bias int32/float16/float32 or None;
+    bfloat16 out with scale float32/bfloat16, bias int32/bfloat16/float32 or
+    None, pertoken_scale float32 or None. float32 out (the relaxation) is held
+    to bfloat16's terms."""
+    bias_dtype = None if bias is None else bias.dtype
+    if pertoken_scale is not None and pertoken_scale.dtype != torch.float32:
+        return False
+    if offset is not None and offset.dtype != torch.float32:
+        return False
+    per_channel = (scale.dtype in (torch.int64, torch.float32)
+                   and bias_dtype in (None, torch.int32) and pertoken_scale is None)
+    if out == torch.int8:
+        return per_channel
+    if out == torch.float16:
+        return per_channel or (
+            scale.dtype == torch.float32 and pertoken_scale is not None
+            and bias_dtype in (None, torch.int32, torch.float16, torch.float32))
+    if out in (torch.bfloat16, torch.float32):
+        return scale.dtype in (torch.float32, torch.bfloat16) and \
+            bias_dtype in (None, torch.int32, torch.bfloat16, torch.float32)
+    return False
 
 
 #: Every op the plugin may call, by its torch_npu name.

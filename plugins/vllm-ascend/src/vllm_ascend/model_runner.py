@@ -1,21 +1,25 @@
-"""vllm-ascend's model runners: vLLM's GPU runner on an NPU, its CPU runner emulated.
+"""vllm-ascend's model runner: vLLM's GPU runner on an NPU, emulated or not.
 
 vLLM allocates each layer's cache as one tensor with K and V side by side
 per token. The NPU's cache kernels (``npu_scatter_pa_kv_cache``, paged
 ``npu_fused_infer_attention_score``) take K and V as two contiguous
 [blocks, block_size, kv_heads, head_dim] caches, so each layer gets a
-[2, blocks, block_size, kv_heads, head_dim] tensor of the same size instead;
-both runners share that layout (:class:`NPUKVCacheLayout`).
+[2, blocks, block_size, kv_heads, head_dim] tensor of the same size instead,
+allocated in place of vLLM's (never beside it: the budget is the device's
+memory less everything else): :class:`NPUKVCacheLayout`.
 
 Decode steps run as ACL graphs (:class:`vllm_ascend.acl_graph.ACLGraphWrapper`)
 unless graphs are off: vLLM's runner pads a decode step to a captured batch
-size and dispatches it; both runners put the model in the ACL graph wrapper
-where vLLM's would put its CUDA graph wrapper (:class:`ACLGraphModel`).
+size and dispatches it; the model sits in the ACL graph wrapper where vLLM's
+would put its CUDA graph wrapper (:class:`ACLGraphModel`).
+
+Under emulation the same runner runs on the host: only ``torch.npu`` and the
+kernels are stood in for (``vllm_ascend.emulated``).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -23,30 +27,30 @@ from vllm.compilation.cuda_graph import CUDAGraphWrapper
 from vllm.compilation.monitor import set_cudagraph_capturing_enabled
 from vllm.config import CUDAGraphMode
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheConfig
-from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import bind_kv_cache
-from vllm_plugin_kit import linear
 
 from vllm_ascend import get_logger, npu_graphs
 
 logger = get_logger(__name__)
 
 
-def npu_kv_cache(like: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
-    """Zeroed [2, blocks, block_size, kv_heads, head_dim] cache for a layer whose
-    vLLM cache is ``like`` ([blocks, ...])."""
+def npu_kv_cache(spec: AttentionSpec, num_blocks: int, device: torch.device) -> torch.Tensor:
+    """Zeroed [2, blocks, block_size, kv_heads, head_dim] cache of one layer."""
     if spec.head_size_v != spec.head_size:
         raise NotImplementedError("vllm-ascend needs K and V of one head size")
-    return torch.zeros(2, like.shape[0], spec.block_size, spec.num_kv_heads, spec.head_size,
-                       dtype=spec.dtype, device=like.device)
+    return torch.zeros(2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_size,
+                       dtype=spec.dtype, device=device)
 
 
 class NPUKVCacheLayout:
     """Separate contiguous K and V caches per layer, as the NPU kernels take them
-    (a mixin over vLLM's GPU or CPU model runner)."""
+    (a mixin over vLLM's GPU model runner)."""
 
     kv_caches: list[torch.Tensor]
+    device: torch.device
+    compilation_config: Any
+    shared_kv_cache_layers: dict[str, str]
 
     def initialize_kv_cache_tensors(
         self,
@@ -54,20 +58,39 @@ class NPUKVCacheLayout:
         kernel_block_sizes: list[int],
         kv_cache_allocation_context: AbstractContextManager | None = None,
     ) -> dict[str, torch.Tensor]:
-        vllm_caches = super().initialize_kv_cache_tensors(
-            kv_cache_config, kernel_block_sizes, kv_cache_allocation_context)
-        specs = {name: group.kv_cache_spec for group in kv_cache_config.kv_cache_groups
-                 for name in group.layer_names}
+        """Each layer's cache in the NPU's layout, allocated in place of vLLM's.
+
+        As vLLM's own: each layer of ``kv_cache_config``'s tensors gets
+        ``num_blocks`` blocks, allocated inside ``kv_cache_allocation_context``;
+        a layer sharing another's cache gets that one; the runner and the
+        layers are bound to them. Unlike it, vLLM's buffer of all layers is
+        never allocated: alive while these are made, it would take KV memory
+        to twice its budget (out of memory at ``--gpu-memory-utilization 0.9``).
+        """
+        groups = kv_cache_config.kv_cache_groups
+        specs = {name: group.kv_cache_spec for group in groups for name in group.layer_names}
+        # per cache group, as vLLM's allocation reads them
+        kernel_blocks = {name: kernel_block_sizes[i] for i, group in enumerate(groups)
+                         if i < len(kernel_block_sizes) for name in group.layer_names}
         caches: dict[str, torch.Tensor] = {}
-        for name, tensor in vllm_caches.items():
-            spec = specs[name]
-            if not isinstance(spec, AttentionSpec):
-                raise NotImplementedError(f"vllm-ascend has no KV cache for {type(spec).__name__}")
-            caches[name] = npu_kv_cache(tensor, spec)
-        del vllm_caches
+        with kv_cache_allocation_context or nullcontext():
+            for tensor in kv_cache_config.kv_cache_tensors:
+                for name in tensor.layers:
+                    spec = specs[name]
+                    if not isinstance(spec, AttentionSpec):
+                        raise NotImplementedError(
+                            f"vllm-ascend has no KV cache for {type(spec).__name__}")
+                    if kernel_blocks.get(name, spec.block_size) != spec.block_size:
+                        raise NotImplementedError(
+                            f"vllm-ascend's kernels read whole blocks of {spec.block_size} "
+                            f"tokens, not kernel blocks of {kernel_blocks[name]}")
+                    caches[name] = npu_kv_cache(spec, kv_cache_config.num_blocks_of(tensor),
+                                                self.device)
+        for name, target in self.shared_kv_cache_layers.items():
+            caches[name] = caches[target]
         self.kv_caches.clear()
         bind_kv_cache(caches, self.compilation_config.static_forward_context, self.kv_caches,
-                      kv_cache_groups=kv_cache_config.kv_cache_groups)
+                      kv_cache_groups=groups)
         return caches
 
     def _zero_block_ids(self, block_ids: list[int]) -> None:
@@ -78,7 +101,7 @@ class NPUKVCacheLayout:
 
 class ACLGraphModel:
     """The model in the ACL graph wrapper, when the graph mode has full graphs
-    (a mixin over vLLM's GPU or CPU model runner)."""
+    (a mixin over vLLM's GPU model runner)."""
 
     model: Any
     compilation_config: Any
@@ -101,11 +124,13 @@ class ACLGraphModel:
         """vLLM's capture of each decode batch size, on a stream of its own.
 
         vLLM's own capture enters ``graph_capture``, which takes CUDA's and
-        XPU's communicators only (HCCL's collectives need no capture context),
-        and measures CUDA memory; the graphs' memory is not measured here.
+        XPU's communicators only (HCCL's collectives need no capture context).
+        Returns the device memory the graphs took, which the worker compares
+        with its estimate (:meth:`vllm_ascend.worker.NPUWorker.determine_available_memory`).
         """
         if self.compilation_config.cudagraph_mode == CUDAGraphMode.NONE:
             return 0
+        free_before = torch.accelerator.get_memory_info()[0]
         set_cudagraph_capturing_enabled(True)
         try:
             with npu_graphs.capture_stream():
@@ -113,7 +138,8 @@ class ACLGraphModel:
                     self._capture_cudagraphs(descriptors, cudagraph_runtime_mode=mode)
         finally:
             set_cudagraph_capturing_enabled(False)
-        return 0
+        torch.accelerator.synchronize()
+        return max(free_before - torch.accelerator.get_memory_info()[0], 0)
 
 
 class NPUModelRunner(NPUKVCacheLayout, ACLGraphModel, GPUModelRunner):
@@ -122,15 +148,3 @@ class NPUModelRunner(NPUKVCacheLayout, ACLGraphModel, GPUModelRunner):
     out for the NPU kernels, the graphs ACL graphs. Its torch.cuda streams and
     events are torch_npu's (``vllm_ascend.patches``)."""
 
-
-class EmulatedNPUModelRunner(NPUKVCacheLayout, ACLGraphModel, CPUModelRunner):
-    """The same on vLLM's CPU runner, for NPU emulation on the host."""
-
-    def load_model(self, *args: Any, **kwargs: Any) -> None:
-        super().load_model(*args, **kwargs)
-        # the graphs are captured later, with the layers' new method
-        widened = linear.widen_bf16_products(self.get_model())
-        if widened:
-            logger.info("vllm-ascend: no native bfloat16 GEMM on this host; %d bfloat16 "
-                        "linear layers multiply %d rows or more in float32 (the NPU's "
-                        "accumulation, rounded back)", widened, linear.MIN_ROWS)

@@ -9,7 +9,7 @@ host synchronisation:
 1. ``npu_moe_gating_top_k_softmax_v2``: each token's top-k experts and their
    weights (``renorm=1`` when the model renormalises the k weights);
 2. ``npu_moe_init_routing_v2``: each token copied once per chosen expert,
-   the copies grouped by expert, with the running sum of tokens per expert;
+   the copies grouped by expert, with the tokens per expert;
 3. ``npu_grouped_matmul``: every expert's gate and up projection at once;
 4. ``npu_swiglu``;
 5. ``npu_grouped_matmul``: every expert's down projection;
@@ -106,19 +106,25 @@ def routed_experts(x: torch.Tensor, router_logits: torch.Tensor, w13_kn: torch.T
     weights, experts, _ = npu_ops.npu_moe_gating_top_k_softmax_v2(
         router_logits, k=top_k, renorm=1 if renormalize else 0)
     # row_idx_type=0: rows[t·K + j] is the expanded row of token t's j-th
-    # choice (-1 when another rank holds that expert); ends: the running sum
-    # of tokens per expert, a form the grouped matmul takes for any number of
-    # local experts (sizes must come two or more)
-    expanded, rows, ends, _ = npu_ops.npu_moe_init_routing_v2(
+    # choice (-1 when another rank holds that expert); per_expert: the tokens
+    # of each local expert (the kernel gives counts, expert_tokens_num_type=1)
+    expanded, rows, per_expert, _ = npu_ops.npu_moe_init_routing_v2(
         x, experts, active_num=tokens * top_k, expert_num=num_experts,
-        expert_tokens_num_type=0, expert_tokens_num_flag=True,
+        expert_tokens_num_type=1, expert_tokens_num_flag=True,
         active_expert_range=list(expert_range) if expert_range is not None else [],
         row_idx_type=0)
+    # the grouped matmul takes counts of two groups or more; one local expert's
+    # group goes as the running sum
+    if per_expert.numel() == 1:
+        group_list, group_list_type = per_expert.cumsum(0), 0
+    else:
+        group_list, group_list_type = per_expert, 1
     (gate_up,) = npu_ops.npu_grouped_matmul(
-        [expanded], [w13_kn], group_list=ends, split_item=2, group_type=0, group_list_type=0)
+        [expanded], [w13_kn], group_list=group_list, split_item=2, group_type=0,
+        group_list_type=group_list_type)
     (down,) = npu_ops.npu_grouped_matmul(
-        [npu_ops.npu_swiglu(gate_up, dim=-1)], [w2_kn], group_list=ends, split_item=2,
-        group_type=0, group_list_type=0)
+        [npu_ops.npu_swiglu(gate_up, dim=-1)], [w2_kn], group_list=group_list,
+        split_item=2, group_type=0, group_list_type=group_list_type)
     if expert_range is None:
         # every choice is kept: rows is a permutation, the unpermute's gather index
         return npu_ops.npu_moe_token_unpermute(down, rows, weights.to(down.dtype))
@@ -163,8 +169,9 @@ class AscendFusedMoEMethod(UnquantizedFusedMoEMethod):
         self.expert_range = (None if layer.expert_map is None
                              else local_expert_range(layer.expert_map))
         if self.expert_range is not None:
+            # every rank's own range, not only the first local rank's
             logger.info_once("vllm-ascend: MoE layers hold experts [%d, %d) of %d",
-                             *self.expert_range, layer.global_num_experts)
+                             *self.expert_range, layer.global_num_experts, scope="process")
 
     def apply_monolithic(self, layer: RoutedExperts, x: torch.Tensor,
                          router_logits: torch.Tensor,

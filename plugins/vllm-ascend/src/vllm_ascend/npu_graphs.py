@@ -239,6 +239,15 @@ def capture_stream() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def graph_capture(device: Any = None) -> Iterator[None]:
+    """vLLM's ``graph_capture`` for an NPU: the capture stream, without the
+    CUDA and XPU communicators' capture contexts (vLLM's asserts one of them;
+    HCCL's collectives need none)."""
+    with capture_stream():
+        yield
+
+
 def is_capturing() -> bool:
     if npu_ops.is_emulated():
         return _capturing is not None

@@ -15,6 +15,15 @@ from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
     UnquantizedFusedMoEMethod,
 )
 from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.rotary_embedding import (
+    DynamicNTKAlphaRotaryEmbedding,
+    DynamicNTKScalingRotaryEmbedding,
+    Gemma4RotaryEmbedding,
+    LinearScalingRotaryEmbedding,
+    Llama3RotaryEmbedding,
+    NTKScalingRotaryEmbedding,
+    YaRNScalingRotaryEmbedding,
+)
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
 from vllm_ascend import native, npu_ops
@@ -50,7 +59,13 @@ class AscendRotaryEmbedding(RotaryEmbedding):
     """vllm-ascend's own fused kernel (``_C_ascend.rotary_embedding``, NeoX
     pairing, in place) where this install built it; otherwise torch_npu's
     ``npu_mrope`` in RoPE mode (1-D positions), NeoX ('half') or GPT-J
-    ('interleave') pairing. Partial rotary dims pass through either way."""
+    ('interleave') pairing. Partial rotary dims pass through either way.
+
+    The plugin's kernel rotates query and key in place, so they stay what they
+    came as, strided views of the QKV projection; ``npu_mrope`` returns new
+    contiguous ones. The fused attention kernel takes a contiguous query only,
+    so the attention layer copies the query where it is not: after this
+    kernel, not after ``npu_mrope``."""
 
     def forward_oot(self, positions: torch.Tensor, query: torch.Tensor,
                     key: torch.Tensor | None = None
@@ -72,9 +87,44 @@ class AscendRotaryEmbedding(RotaryEmbedding):
         return new_query.view(query.shape), new_key.view(key.shape)
 
 
-LAYERS = {"RMSNorm": (RMSNorm, AscendRMSNorm), "SiluAndMul": (SiluAndMul, AscendSiluAndMul),
-          "RotaryEmbedding": (RotaryEmbedding, AscendRotaryEmbedding),
-          "UnquantizedFusedMoEMethod": (UnquantizedFusedMoEMethod, AscendFusedMoEMethod)}
+#: vLLM's subclasses of ``RotaryEmbedding`` whose forward is the base class's
+#: rotation: they differ only in how the cos/sin cache is computed (Llama 3's
+#: frequency bands, YaRN's ramp and magnitude scale, linear, NTK and dynamic
+#: NTK scaling, Gemma 4's proportional frequencies, zero (no rotation) past its
+#: rotary part).
+#: vLLM's CustomOp looks an out-of-tree class up by the name of the class being
+#: built, so registering ``RotaryEmbedding`` alone leaves these on vLLM's
+#: PyTorch path: each gets a class of its own, its cache and the NPU forward.
+#:
+#: Left on vLLM's own forward, because their forward is not that rotation:
+#: ``FourierRotaryEmbedding`` (a cache per KV head, computed from learned
+#: coefficients in its first forward), and the rotary classes that do not
+#: derive from ``RotaryEmbedding``: ``MRotaryEmbedding`` and its subclasses
+#: (three rows of positions, by section), ``DeepseekScalingRotaryEmbedding``
+#: (MLA models, which vllm-ascend's attention does not serve),
+#: ``Llama4VisionRotaryEmbedding`` (a complex rotation of image patches),
+#: ``DualChunkRotaryEmbedding`` (several query caches per chunk) and
+#: ``Phi3LongRoPEScaledRotaryEmbedding`` (a plain module, not a custom op,
+#: choosing a short or a long cache).
+ROTARY_CACHE_VARIANTS: tuple[type[RotaryEmbedding], ...] = (
+    Llama3RotaryEmbedding, YaRNScalingRotaryEmbedding, LinearScalingRotaryEmbedding,
+    NTKScalingRotaryEmbedding, DynamicNTKScalingRotaryEmbedding,
+    DynamicNTKAlphaRotaryEmbedding, Gemma4RotaryEmbedding)
+
+
+def _on_npu(variant: type[RotaryEmbedding]) -> type[RotaryEmbedding]:
+    """``variant`` with :class:`AscendRotaryEmbedding`'s forward: its own
+    ``__init__`` and cache, the NPU kernels for the rotation."""
+    return type(f"Ascend{variant.__name__}", (AscendRotaryEmbedding, variant),
+                {"__module__": __name__,
+                 "__doc__": f"vLLM's {variant.__name__} on AscendRotaryEmbedding's kernels."})
+
+
+LAYERS: dict[str, tuple[type, type]] = {
+    "RMSNorm": (RMSNorm, AscendRMSNorm), "SiluAndMul": (SiluAndMul, AscendSiluAndMul),
+    "RotaryEmbedding": (RotaryEmbedding, AscendRotaryEmbedding),
+    **{variant.__name__: (variant, _on_npu(variant)) for variant in ROTARY_CACHE_VARIANTS},
+    "UnquantizedFusedMoEMethod": (UnquantizedFusedMoEMethod, AscendFusedMoEMethod)}
 
 
 def register() -> None:

@@ -5,13 +5,20 @@ harmless.
 
 Patched, because no hook exists:
 
-- emulated: ``torch.accelerator.empty_cache`` / ``empty_host_cache``, no-ops
-  without an accelerator, which vLLM's cleanup calls on every non-CPU platform
-  (:func:`vllm_plugin_kit.patches.no_accelerator_cache_calls`). On an NPU,
-  torch_npu provides the accelerator.
-- on an NPU: ``torch.cuda``'s stream and event names (:data:`CUDA_STREAM_API`),
-  which vLLM's GPU model runner (the NPU model runner's base) calls by name; on
-  an Ascend host, where torch.cuda has no device, they are torch_npu's.
+- ``torch.cuda``'s stream and event names (:data:`CUDA_STREAM_API`), which
+  vLLM's GPU model runner (the NPU model runner's base) calls by name; on an
+  Ascend host, where torch.cuda has no device, they are torch.npu's.
+- ``vllm.v1.worker.gpu_worker.kernel_warmup``, which vLLM's GPU worker (the NPU
+  worker's base) calls at start-up to tune CUDA and Triton kernels: the NPU's
+  warm-up instead (:func:`vllm_ascend.worker.kernel_warmup`).
+- ``vllm.v1.worker.gpu_model_runner.graph_capture``, the context vLLM's runner
+  measures its graphs' memory in: it asserts a CUDA or XPU communicator once
+  tensor parallelism is on; the NPU's capture stream instead
+  (:func:`vllm_ascend.npu_graphs.graph_capture`).
+- emulated: ``torch.npu``, the memory and synchronisation calls of
+  ``torch.accelerator`` and ``torch.Event``, which torch_npu provides on an NPU
+  (it is the accelerator there): the emulated device runtime's
+  (:func:`vllm_ascend.emulated.runtime.install`).
 
 Private vLLM names the plugin overrides, calls or reads (checked against the
 installed vLLM by ``tests/test_vllm_contract.py``), beside the kit's own
@@ -21,7 +28,6 @@ installed vLLM by ``tests/test_vllm_contract.py``), beside the kit's own
 from __future__ import annotations
 
 from vllm_plugin_kit.contract import CALLS, OVERRIDES, PATCHES, READS, Coupling
-from vllm_plugin_kit.patches import no_accelerator_cache_calls
 
 #: the torch.cuda names vLLM's GPU model runner calls for streams and events
 CUDA_STREAM_API = ("Stream", "Event", "current_stream", "stream", "synchronize")
@@ -34,6 +40,21 @@ COUPLINGS = (
     *(Coupling(f"torch.cuda.{name}", PATCHES,
                "vLLM's GPU model runner calls it by name; on an NPU it is torch_npu's")
       for name in CUDA_STREAM_API),
+    Coupling("vllm.v1.worker.gpu_worker.kernel_warmup", PATCHES,
+             "vLLM's GPU worker warms CUDA and Triton kernels with it; the NPU's warm-up "
+             "runs in its place", ("worker", "process_local_only")),
+    Coupling("vllm.v1.worker.gpu_model_runner.graph_capture", PATCHES,
+             "vLLM's runner captures graphs inside it, asserting a CUDA or XPU communicator; "
+             "the NPU's capture stream in its place", ("device",)),
+    Coupling(f"{_RUNNER}.profile_cudagraph_memory", CALLS,
+             "NPUWorker estimates the ACL graphs' memory as vLLM does for CUDA, before "
+             "the KV cache takes the rest", ()),
+    Coupling("vllm.model_executor.warmup.jit_warmup.JitWarmupRegistry.warmup", CALLS,
+             "the NPU's kernel warm-up warms the JIT kernels vLLM registered (the runner's "
+             "jit_warmup_registry)", ()),
+    Coupling(f"{_WORKER}._maybe_get_memory_pool_context", OVERRIDES,
+             "vLLM's sleep-mode pool exists for CUDA and XPU only; none on an NPU",
+             ("tag",)),
     Coupling(f"{_RUNNER}._zero_block_ids", OVERRIDES,
              "blocks are the second dimension of the NPU's [2, blocks, ...] K/V caches",
              ("block_ids",)),
@@ -41,10 +62,9 @@ COUPLINGS = (
              "the ACL graphs of each decode batch size are captured by vLLM's own loop",
              ("batch_descriptors", "cudagraph_runtime_mode", "profiler")),
     Coupling(f"{_RUNNER}.initialize_kv_cache_tensors", OVERRIDES,
-             "each layer's cache re-laid as separate contiguous K and V caches",
+             "each layer's cache allocated as separate contiguous K and V caches, in place "
+             "of vLLM's allocation (never beside it)",
              ("kv_cache_config", "kernel_block_sizes", "kv_cache_allocation_context")),
-    Coupling("vllm.v1.worker.cpu_model_runner.CPUModelRunner._zero_block_ids", OVERRIDES,
-             "as GPUModelRunner's, on the emulated runner", ("block_ids",)),
     Coupling("vllm.v1.cudagraph_dispatcher.CudagraphDispatcher.get_capture_descs", CALLS,
              "names the decode graphs to capture (the runner's cudagraph_dispatcher)", ()),
     Coupling(f"{_WORKER}._init_workspace_and_model_runner", CALLS,
@@ -73,11 +93,26 @@ COUPLINGS = (
 
 
 def apply(*, emulated: bool) -> None:
-    if emulated:
-        no_accelerator_cache_calls()
-        return
+    """At the platform's activation (vLLM is still resolving its platform, so
+    nothing here may import vLLM's worker or model modules)."""
     import torch
-    import torch_npu  # noqa: F401  (registers torch.npu)
 
+    if emulated:
+        from vllm_ascend.emulated import runtime
+
+        runtime.install()
+    else:
+        import torch_npu  # noqa: F401  (registers torch.npu)
     for name in CUDA_STREAM_API:
         setattr(torch.cuda, name, getattr(torch.npu, name))
+
+
+def apply_to_worker() -> None:
+    """When the NPU worker is built, in its process."""
+    from vllm.v1.worker import gpu_model_runner, gpu_worker
+
+    from vllm_ascend import npu_graphs
+    from vllm_ascend.worker import kernel_warmup
+
+    gpu_worker.kernel_warmup = kernel_warmup
+    gpu_model_runner.graph_capture = npu_graphs.graph_capture

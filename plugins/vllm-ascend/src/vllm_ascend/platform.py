@@ -14,6 +14,7 @@ call compiled ``torch.ops._C`` kernels, which the pure-Python vLLM build lacks.
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -122,6 +123,23 @@ class NPUPlatform(PluginPlatformMixin, Platform):
     def supports_structured_output(cls) -> bool:
         return True
 
+    # --- where the emulated device differs: the worker calls these ------------------
+
+    @classmethod
+    def worker_device(cls, local_rank: int) -> torch.device:
+        """The device of the worker of ``local_rank`` (the rank on this host)."""
+        return torch.device(f"npu:{local_rank}")
+
+    @classmethod
+    def memory_accounting(cls, worker: Any) -> AbstractContextManager:
+        """Entered around each start-up phase of ``worker``; on an NPU torch_npu's
+        allocator counts every allocation anyway."""
+        return nullcontext()
+
+    @classmethod
+    def on_model_loaded(cls, worker: Any) -> None:
+        """After the worker has loaded the model, before it is profiled."""
+
     @classmethod
     def _reset_gpu_only_options(cls, vllm_config: VllmConfig) -> None:
         """Options that need CUDA kernels, turned off with one warning each."""
@@ -210,8 +228,7 @@ class NPUPlatform(PluginPlatformMixin, Platform):
                 "reduce-scatter (--all2all-backend allgather_reducescatter); "
                 f"{parallel.all2all_backend!r} is not available on Ascend NPUs")
         if parallel.worker_cls == "auto":
-            parallel.worker_cls = ("vllm_ascend.worker.EmulatedNPUWorker" if cls.emulated
-                                   else "vllm_ascend.worker.NPUWorker")
+            parallel.worker_cls = "vllm_ascend.worker.NPUWorker"
         cls._reset_gpu_only_options(vllm_config)
 
         cache_config = vllm_config.cache_config
@@ -238,13 +255,47 @@ class NPUPlatform(PluginPlatformMixin, Platform):
 
 
 class EmulatedNPUPlatform(HostDeviceMixin, NPUPlatform):
-    """The NPU platform with its device on the host (the kit's
-    :class:`~vllm_plugin_kit.platform.HostDeviceMixin`) and its ops emulated."""
+    """The NPU platform with its tensors on the host (the kit's
+    :class:`~vllm_plugin_kit.platform.HostDeviceMixin`), its device runtime
+    emulated (:mod:`vllm_ascend.emulated.runtime`: ``torch.npu``, the memory
+    statistics) and its ops run by their references. The worker and model runner
+    are the NPU's."""
 
     device_control_env_var: str = "VLLM_ASCEND_EMULATED_VISIBLE_DEVICES"
     dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.bfloat16, torch.float32)
     emulated: ClassVar[bool] = True
 
+    # the device calls go to torch.npu, as on an NPU: here the emulated runtime's
+    get_device_name = NPUPlatform.__dict__["get_device_name"]
+    get_device_total_memory = NPUPlatform.__dict__["get_device_total_memory"]
+    get_current_memory_usage = NPUPlatform.__dict__["get_current_memory_usage"]
+    set_device = NPUPlatform.__dict__["set_device"]
+    manual_seed_all = NPUPlatform.__dict__["manual_seed_all"]
+    inference_mode = NPUPlatform.__dict__["inference_mode"]
+
     @classmethod
-    def get_device_name(cls, device_id: int = 0) -> str:
-        return "Ascend NPU (emulated)"
+    def worker_device(cls, local_rank: int) -> torch.device:
+        return torch.device("cpu")
+
+    @classmethod
+    def memory_accounting(cls, worker: Any) -> AbstractContextManager:
+        from vllm_ascend.emulated import runtime
+
+        return runtime.accounting(runtime.device_of(worker))
+
+    @classmethod
+    def on_model_loaded(cls, worker: Any) -> None:
+        from vllm_plugin_kit import linear
+        from vllm_plugin_kit.settings import thread_count
+
+        # vLLM drops torch to one thread once the model is loaded (no host op of
+        # an accelerator's step gains from more); here the model runs on the host
+        config = AscendConfig.load(worker.vllm_config.additional_config)
+        parallel = worker.parallel_config
+        torch.set_num_threads(thread_count(config.num_threads, parallel.tensor_parallel_size,
+                                           parallel.pipeline_parallel_size))
+        widened = linear.widen_bf16_products(worker.model_runner.get_model())
+        if widened:
+            logger.info("vllm-ascend: no native bfloat16 GEMM on this host; %d bfloat16 "
+                        "linear layers multiply %d rows or more in float32 (the NPU's "
+                        "accumulation, rounded back)", widened, linear.MIN_ROWS)

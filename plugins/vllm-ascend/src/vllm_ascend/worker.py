@@ -1,22 +1,22 @@
-"""vllm-ascend's workers: vLLM's GPU worker on an NPU, its CPU worker emulated.
+"""vllm-ascend's worker: vLLM's GPU worker on an NPU, emulated or not.
 
 :class:`NPUWorker` is vLLM's own worker with the device set up for an NPU:
 ``npu:<local rank>``, HCCL between workers; memory profiling (a dummy forward
 pass at the largest batch, vLLM's ``memory_profiling`` through
-``torch.accelerator``, which torch_npu implements) sizes the KV cache.
-
-:class:`EmulatedNPUWorker` runs on the host with a fixed emulated capacity
-(``VLLM_ASCEND_DEVICE_MEMORY``): the kit's host worker gives the KV cache what
-the capacity leaves after the weights and a deterministic activation reserve,
-so the number of KV blocks depends only on the settings and the model, as it
-would on a device of that size.
+``torch.accelerator``, which torch_npu implements) sizes the KV cache. Under
+emulation the same worker runs with the device runtime emulated
+(:mod:`vllm_ascend.emulated.runtime`): the tensors on the host, gloo between
+workers, the memory statistics those of a device of ``VLLM_ASCEND_DEVICE_MEMORY``,
+counted through every start-up phase (the platform's ``memory_accounting``).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
-import time
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
 
 import torch
 from vllm.config import VllmConfig
@@ -24,15 +24,35 @@ from vllm.utils.mem_utils import MemorySnapshot
 from vllm.utils.torch_utils import set_random_seed
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
 from vllm.v1.worker.utils import request_memory
-from vllm_plugin_kit.worker import HostWorker
 
-from vllm_ascend import get_logger, ops
-from vllm_ascend.envs import SETTINGS
-from vllm_ascend.model_runner import EmulatedNPUModelRunner, NPUModelRunner
+from vllm_ascend import get_logger, ops, patches
+from vllm_ascend.model_runner import NPUModelRunner
 
 logger = get_logger(__name__)
 
-GiB = 1 << 30
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _accounted(method: F) -> F:
+    """A start-up phase: the device's memory is accounted while it runs."""
+
+    @functools.wraps(method)
+    def phase(self: Worker, *args: Any, **kwargs: Any) -> Any:
+        from vllm.platforms import current_platform
+
+        with current_platform.memory_accounting(self):
+            return method(self, *args, **kwargs)
+
+    return phase  # type: ignore[return-value]
+
+
+def kernel_warmup(worker: Worker, *, process_local_only: bool = False) -> None:
+    """vLLM's kernel warm-up as it applies to an NPU: the JIT kernels vLLM
+    registered, each overridden by the plugin (their warm-up a no-op). The rest
+    of vLLM's warm-up tunes CUDA and Triton kernels, and imports the models they
+    serve (some need torchvision); an NPU has none of them."""
+    if worker.vllm_config.kernel_config.enable_jit_warmup:
+        worker.model_runner.jit_warmup_registry.warmup()
 
 
 class NPUWorker(Worker):
@@ -47,9 +67,11 @@ class NPUWorker(Worker):
         is_driver_worker: bool = False,
     ) -> None:
         ops.register()
+        patches.apply_to_worker()
         super().__init__(vllm_config, local_rank, rank, distributed_init_method,
                          is_driver_worker=is_driver_worker)
 
+    @_accounted
     def init_device(self) -> None:
         """What vLLM's worker does for a CUDA device, for ``npu:<local rank>``."""
         from vllm.platforms import current_platform
@@ -62,7 +84,7 @@ class NPUWorker(Worker):
                 dp_local_rank = parallel.data_parallel_index
             self.local_rank += dp_local_rank * (parallel.pipeline_parallel_size
                                                 * parallel.tensor_parallel_size)
-        self.device = torch.device(f"npu:{self.local_rank}")
+        self.device = current_platform.worker_device(self.local_rank)
         current_platform.set_device(self.device)
         current_platform.check_if_supports_dtype(self.model_config.dtype)
         # HCCL's buffers first, so the memory snapshot below accounts for them
@@ -81,29 +103,49 @@ class NPUWorker(Worker):
             logger.warning("vllm-ascend uses vLLM's V1 model runner; ignoring the V2 request")
         return NPUModelRunner(self.vllm_config, self.device)
 
+    def _maybe_get_memory_pool_context(self, tag: str) -> AbstractContextManager:
+        # vLLM's sleep-mode pool (CuMem, XPU) has no NPU form, and vLLM refuses
+        # --enable-sleep-mode on a platform without one; vLLM's own method
+        # raises for any platform it does not know, sleep mode or not
+        return nullcontext()
 
-class EmulatedNPUWorker(HostWorker):
-    """The kit's host worker (vLLM's CPU worker without its compiled kernels)
-    with the emulated NPU's memory, layers, model runner and ACL graphs."""
+    @_accounted
+    def load_model(self, *, load_dummy_weights: bool = False) -> None:
+        from vllm.platforms import current_platform
 
-    settings = SETTINGS
-    plugin = "vllm-ascend"
-    device_label = "emulated NPU"
+        super().load_model(load_dummy_weights=load_dummy_weights)
+        current_platform.on_model_loaded(self)
 
-    def register_custom_ops(self) -> None:
-        ops.register()
+    @_accounted
+    def determine_available_memory(self) -> int:
+        """vLLM's profile, less the decode graphs' memory.
 
-    def make_model_runner(self) -> EmulatedNPUModelRunner:
-        return EmulatedNPUModelRunner(self.vllm_config, self.device)
+        vLLM measures the memory its graphs will hold (capturing the first two
+        of each mode on a minimal KV cache) for CUDA, ROCm and XPU devices only;
+        on an NPU the ACL graphs would be captured after the KV cache took
+        everything the budget left, and the device would run over it. The
+        estimate is vLLM's own, made through the ACL graph wrapper.
+        """
+        import vllm.envs as envs
+        from vllm.config import CUDAGraphMode
 
+        available = super().determine_available_memory()
+        if (self.cache_config.kv_cache_memory_bytes
+                or self.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
+                or not envs.VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS):
+            return available
+        estimate = self.model_runner.profile_cudagraph_memory()
+        self.cudagraph_memory_estimate = estimate
+        self.peak_activation_memory += estimate
+        self.available_kv_cache_memory_bytes = available - estimate
+        logger.info("vllm-ascend: %.3f GiB for ACL graphs, %.3f GiB left for the KV cache",
+                    estimate / (1 << 30), self.available_kv_cache_memory_bytes / (1 << 30))
+        return self.available_kv_cache_memory_bytes
+
+    @_accounted
+    def initialize_from_config(self, kv_cache_config: Any) -> None:
+        super().initialize_from_config(kv_cache_config)
+
+    @_accounted
     def compile_or_warm_up_model(self) -> Any:
-        # vLLM's CPU worker captures no graphs; the emulated NPU's decode
-        # steps run as emulated ACL graphs. Captured first: vLLM's warm-up
-        # then resets the random seed.
-        start = time.perf_counter()
-        self.model_runner.capture_model()
-        if self.compilation_config.cudagraph_mode.has_full_cudagraphs():
-            logger.info("vllm-ascend captured emulated ACL graphs of decode batches %s in "
-                        "%.1f s", self.compilation_config.cudagraph_capture_sizes,
-                        time.perf_counter() - start)
         return super().compile_or_warm_up_model()
