@@ -3,7 +3,8 @@
 The worker, model runner, attention and layers are the ones an NPU runs;
 under emulation only two things change: the device runtime
 (:mod:`vllm_ascend.emulated.runtime`, an emulated ``torch.npu`` and
-``torch.accelerator``) and the kernels (:mod:`vllm_ascend.emulation`, the
-references of torch_npu's ops), with the host's linear layers widened where
-the CPU has no fast bfloat16 GEMM (:func:`vllm_plugin_kit.linear.widen_bf16_products`).
+``torch.accelerator``) and the kernels (the references of torch_npu's
+ops, one module per op family here, indexed by :mod:`vllm_ascend.emulation`),
+with the host's linear layers widened where the CPU has no fast bfloat16
+GEMM (:func:`vllm_plugin_kit.linear.widen_bf16_products`).
 """
