@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -88,7 +90,16 @@ def test_widened_bfloat16_product_rounds_once(rows):
     layer = _linear_layer(48, 640, torch.bfloat16)
     bias = torch.randn(48, generator=gen).bfloat16()
     x = torch.randn(rows, 640, generator=gen).bfloat16()
-    out = WidenedBF16LinearMethod().apply(layer, x, bias)
+    entered = []
+
+    @contextmanager
+    def around():
+        entered.append(rows)
+        yield
+
+    out = WidenedBF16LinearMethod(around).apply(layer, x, bias)
+    # the context is around the widened products only
+    assert entered == ([rows] if rows >= MIN_ROWS else [])
     exact = x.double() @ layer.weight.double().t() + bias.double()
     assert out.dtype == torch.bfloat16 and out.shape == (rows, 48)
     # one rounding is within half a bfloat16 step (|v| * 2**-8); torch's own

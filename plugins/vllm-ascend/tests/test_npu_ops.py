@@ -635,6 +635,19 @@ def test_launches_are_counted() -> None:
     assert npu_ops.launches["npu_swiglu"] >= 2
 
 
+def test_what_the_host_stands_in_for_counts_as_the_one_kernel() -> None:
+    """A bfloat16 product the host widens to float32 (two conversions, the
+    product, one rounding back) is the NPU's one matrix product."""
+    x, w = torch.randn(4, 8).bfloat16(), torch.randn(3, 8).bfloat16()
+    with torch.inference_mode():  # as the engine runs
+        with npu_ops.count_device_launches() as widened, npu_ops.stand_in("linear"):
+            torch.nn.functional.linear(x.float(), w.float()).to(torch.bfloat16)
+        with npu_ops.count_device_launches() as plain:
+            torch.nn.functional.linear(x.float(), w.float()).to(torch.bfloat16)
+    assert widened.kernels == {"aten.linear": 1}
+    assert plain.kernels == {"aten.linear": 1, "aten.to": 3}
+
+
 def test_scalar_type_numbers_are_what_the_dispatcher_passes() -> None:
     """torch_npu registers dtype arguments as ``int``: the kernel (and the
     reference) gets the number the dispatcher makes of a torch dtype."""

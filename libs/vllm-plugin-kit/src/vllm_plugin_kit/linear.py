@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -172,19 +174,30 @@ def host_has_native_bf16_gemm() -> bool:
 
 
 class WidenedBF16LinearMethod(UnquantizedLinearMethod):
-    """vLLM's unquantized method with its bfloat16 products of many rows in float32."""
+    """vLLM's unquantized method with its bfloat16 products of many rows in float32.
+
+    ``around``: a context entered around each widened product, so that a plugin
+    counting a device's kernels can count the product, conversions and all, as
+    the one matrix product the device runs."""
+
+    def __init__(self, around: Callable[[], AbstractContextManager] | None = None) -> None:
+        super().__init__()
+        self.around = around or nullcontext
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
         if x.dtype != torch.bfloat16 or x.numel() < MIN_ROWS * x.shape[-1]:
             return super().apply(layer, x, bias)
-        wide_bias = None if bias is None else bias.float()
-        return F.linear(x.float(), layer.weight.float(), wide_bias).to(x.dtype)
+        with self.around():
+            wide_bias = None if bias is None else bias.float()
+            return F.linear(x.float(), layer.weight.float(), wide_bias).to(x.dtype)
 
 
-def widen_bf16_products(model: torch.nn.Module) -> int:
+def widen_bf16_products(model: torch.nn.Module,
+                        around: Callable[[], AbstractContextManager] | None = None) -> int:
     """Give each unquantized bfloat16 linear layer of ``model`` the widened method
-    where the host lacks a native bfloat16 GEMM; returns how many layers."""
+    (with ``around``, :class:`WidenedBF16LinearMethod`) where the host lacks a
+    native bfloat16 GEMM; returns how many layers."""
     if host_has_native_bf16_gemm():
         return 0
     count = 0
@@ -192,6 +205,6 @@ def widen_bf16_products(model: torch.nn.Module) -> int:
         weight = getattr(module, "weight", None)
         if (type(getattr(module, "quant_method", None)) is UnquantizedLinearMethod
                 and isinstance(weight, torch.Tensor) and weight.dtype == torch.bfloat16):
-            module.quant_method = WidenedBF16LinearMethod()
+            module.quant_method = WidenedBF16LinearMethod(around)
             count += 1
     return count

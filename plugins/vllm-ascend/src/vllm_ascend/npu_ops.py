@@ -28,6 +28,10 @@ _emulated = True
 _launchers: dict[str, Callable[..., Any]] = {}
 #: > 0 while a launcher runs: the aten ops of a reference are one NPU kernel
 _inside = 0
+#: kernels the host stood in for (:func:`stand_in`), by aten op name
+stand_ins: Counter[str] = Counter()
+#: > 0 while the host stands in for one kernel: not counted op by op
+_standing_in = 0
 #: under emulation, the NPU graph being captured or updated sees every launch
 #: (``vllm_ascend.npu_graphs``): (op name, the kernel, args, kwargs) -> result
 LaunchHook = Callable[[str, Callable[..., Any], tuple, dict], Any]
@@ -121,6 +125,22 @@ def __getattr__(name: str) -> Callable[..., Any]:
 
 
 @contextmanager
+def stand_in(kernel: str) -> Iterator[None]:
+    """The block is what the host runs for one ``aten.<kernel>`` of the NPU (a
+    bfloat16 product widened to float32 where the host has no bfloat16 GEMM):
+    :class:`DeviceLaunches` counts it as that one kernel. Graph capture still
+    records its ops, which the replay must run."""
+    global _standing_in
+    if not _standing_in:
+        stand_ins[kernel] += 1
+    _standing_in += 1
+    try:
+        yield
+    finally:
+        _standing_in -= 1
+
+
+@contextmanager
 def counting() -> Iterator[Counter[str]]:
     """Count the launches inside the block: ``with counting() as c: ...``."""
     before = launches.copy()
@@ -164,7 +184,8 @@ class DeviceLaunches(TorchDispatchMode):
 
     Each ``npu_ops`` call is one kernel (``npu.<op>``), whatever its
     reference does on the CPU; every other aten op is one kernel
-    (``aten.<op>``) unless it is a view or only allocates. Ops that make the
+    (``aten.<op>``) unless it is a view or only allocates; what the host runs
+    in place of one kernel (:func:`stand_in`) is that kernel. Ops that make the
     host wait for the device are also listed in :attr:`host_syncs`.
     """
 
@@ -173,6 +194,7 @@ class DeviceLaunches(TorchDispatchMode):
         self.kernels: Counter[str] = Counter()
         self.host_syncs: Counter[str] = Counter()
         self._npu_before = launches.copy()
+        self._stand_ins_before = stand_ins.copy()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace not in ("aten", "prims"):
@@ -181,7 +203,7 @@ class DeviceLaunches(TorchDispatchMode):
             # a mode of their own inside (see benchmarks/ascend_launches.py)
             return func(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
-        if not _inside:
+        if not _inside and not _standing_in:
             name = func.overloadpacket.__name__
             if name in HOST_SYNC:
                 self.host_syncs[f"aten.{name}"] += 1
@@ -192,6 +214,8 @@ class DeviceLaunches(TorchDispatchMode):
     def __exit__(self, *exc: object) -> None:
         for name, count in (launches - self._npu_before).items():
             self.kernels[f"npu.{name}"] += count
+        for name, count in (stand_ins - self._stand_ins_before).items():
+            self.kernels[f"aten.{name}"] += count
         return super().__exit__(*exc)
 
 

@@ -294,7 +294,11 @@ class EmulatedNPUPlatform(HostDeviceMixin, NPUPlatform):
         parallel = worker.parallel_config
         torch.set_num_threads(thread_count(config.num_threads, parallel.tensor_parallel_size,
                                            parallel.pipeline_parallel_size))
-        widened = linear.widen_bf16_products(worker.model_runner.get_model())
+        from vllm_ascend import npu_ops
+
+        # each widened product is the NPU's one matrix product (launch counts)
+        widened = linear.widen_bf16_products(worker.model_runner.get_model(),
+                                             around=lambda: npu_ops.stand_in("linear"))
         if widened:
             logger.info("vllm-ascend: no native bfloat16 GEMM on this host; %d bfloat16 "
                         "linear layers multiply %d rows or more in float32 (the NPU's "

@@ -5,8 +5,9 @@ the KV cache from the device's memory statistics (``torch.accelerator``, which
 torch_npu implements on an NPU), make streams and events by ``torch.cuda``'s
 names (torch_npu's on an NPU: :mod:`vllm_ascend.patches`) and synchronise the
 device. Here the device is the host: tensors live in host memory, one stream
-runs everything in order, and the memory statistics are those of a device of
-a fixed capacity (``VLLM_ASCEND_DEVICE_MEMORY``).
+runs everything in order, the memory statistics are those of a device of a
+fixed capacity (``VLLM_ASCEND_DEVICE_MEMORY``), and the graphs are
+:mod:`vllm_ascend.emulated.graphs`'.
 
 Memory is accounted while the worker starts up (:func:`accounting`, entered by
 the NPU worker around each start-up phase through the platform): every storage
@@ -300,7 +301,9 @@ def npu_module() -> types.ModuleType:
         "memory_reserved": lambda device=None: memory.allocated,
         "reset_peak_memory_stats": lambda device=None: memory.reset_peak(),
     }
-    for name, value in names.items():
+    from vllm_ascend.emulated import graphs
+
+    for name, value in {**names, **graphs.API}.items():
         setattr(module, name, value)
     return module
 
