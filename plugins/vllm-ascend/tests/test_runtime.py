@@ -163,3 +163,18 @@ def test_each_worker_has_a_device_of_its_own() -> None:
         assert torch.accelerator.get_memory_info()[0] == two.capacity - two.allocated
     assert (one.allocated, two.allocated) == (MIB, 0)
     del held
+
+
+def test_what_the_host_stands_in_for_holds_only_its_result(device) -> None:
+    """A bfloat16 product widened to float32 on the host (no bfloat16 GEMM here)
+    is the NPU's one matrix product: its float32 copies are not device memory,
+    its bfloat16 result is."""
+    from vllm_ascend import npu_ops
+
+    x, w = torch.randn(64, 512).bfloat16(), torch.randn(512, 512).bfloat16()
+    with runtime.accounting():
+        with npu_ops.stand_in("linear"):
+            out = torch.nn.functional.linear(x.float(), w.float()).to(torch.bfloat16)
+        assert device.allocated == out.untyped_storage().nbytes() == 64 * 512 * 2
+        plain = torch.nn.functional.linear(x.float(), w.float())  # float32 outside: counted
+        assert device.allocated == 64 * 512 * 2 + plain.untyped_storage().nbytes()

@@ -52,6 +52,11 @@ def is_emulated() -> bool:
     return _emulated
 
 
+def standing_in() -> bool:
+    """Whether the host is running what stands in for one kernel (:func:`stand_in`)."""
+    return _standing_in > 0
+
+
 def in_launch() -> bool:
     """Whether a reference is running (its aten ops are that one NPU kernel's)."""
     return _inside > 0

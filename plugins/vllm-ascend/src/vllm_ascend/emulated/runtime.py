@@ -117,13 +117,20 @@ def device_of(worker: Any) -> DeviceMemory:
 
 class _Accountant(TorchDispatchMode):
     """Counts each storage an op creates (not the views and in-place results,
-    whose storage is an input's)."""
+    whose storage is an input's). Where the host stands in for one NPU kernel
+    (:func:`vllm_ascend.npu_ops.stand_in`: a bfloat16 product widened to
+    float32), its float32 temporaries are the host's, not the NPU's: only the
+    result in the model's dtype counts."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from vllm_ascend import npu_ops
+
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        host_only = npu_ops.standing_in()
         made = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)
-                and t.device.type == "cpu" and not t.is_sparse]
+                and t.device.type == "cpu" and not t.is_sparse
+                and not (host_only and t.dtype == torch.float32)]
         if made:
             given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
                      if isinstance(t, torch.Tensor) and t.device.type == "cpu"
