@@ -77,6 +77,25 @@ def test_decode_steps_replay_acl_graphs(llm, hf_model):
         assert list(out.outputs[0].token_ids) == hf_greedy(hf_model, prompt, 8), prompt
 
 
+def test_a_second_engine_in_the_process_leaves_the_first_its_graphs(llm, engines,
+                                                                   tiny_model_dir, hf_model):
+    """vLLM's graph-memory profile of a second engine (two ``LLM`` objects in one
+    process) clears every graph wrapper's graphs; the first engine's decode steps
+    must still replay its own graphs, not capture outside capture time."""
+    from vllm import SamplingParams
+
+    engines.get("ascend-tiny-fp32", lambda: make_llm(tiny_model_dir, dtype="float32",
+                                                     max_num_seqs=2))
+    prompts = [*PROMPTS[:2], "One, two, three,"]
+    (before,) = llm.collective_rpc(_replays)
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
+                        use_tqdm=False)
+    (after,) = llm.collective_rpc(_replays)
+    assert sum(count for _, count in after) - sum(count for _, count in before) >= 4
+    for prompt, out in zip(prompts, outs):
+        assert list(out.outputs[0].token_ids) == hf_greedy(hf_model, prompt, 6), prompt
+
+
 def test_npu_ops_per_layer_and_step(llm):
     """Each decoder layer launches the same six NPU ops on every step, eager or
     replayed from an ACL graph: two norms (fused with the residual add), RoPE,

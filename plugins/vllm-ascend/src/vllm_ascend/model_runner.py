@@ -120,6 +120,29 @@ class ACLGraphModel:
             model = model.runnable
         self.model = ACLGraphWrapper(model, self.vllm_config, runtime_mode=CUDAGraphMode.FULL)
 
+    def profile_cudagraph_memory(self) -> int:
+        """vLLM's estimate of the graphs' memory, leaving other engines' graphs.
+
+        vLLM ends its profile by clearing the graphs of every graph wrapper in
+        the process; a second engine started in the process (two ``LLM``
+        objects) would then leave the first one without its graphs, and its
+        next decode step would try to capture outside capture time. This
+        runner's own wrapper has captured nothing yet, so restoring what every
+        wrapper held before the profile drops only the profile's graphs.
+        """
+        from vllm_ascend.acl_graph import ACLGraphWrapper
+
+        held = [(wrapper, dict(wrapper.concrete_cudagraph_entries),
+                 dict(getattr(wrapper, "attention_tasks", {})))
+                for wrapper in list(CUDAGraphWrapper._all_instances)]
+        try:
+            return super().profile_cudagraph_memory()
+        finally:
+            for wrapper, entries, tasks in held:
+                wrapper.concrete_cudagraph_entries.update(entries)
+                if isinstance(wrapper, ACLGraphWrapper):
+                    wrapper.attention_tasks.update(tasks)
+
     def capture_model(self) -> int:
         """vLLM's capture of each decode batch size, on a stream of its own.
 

@@ -46,9 +46,12 @@ COUPLINGS = (
     Coupling("vllm.v1.worker.gpu_model_runner.graph_capture", PATCHES,
              "vLLM's runner captures graphs inside it, asserting a CUDA or XPU communicator; "
              "the NPU's capture stream in its place", ("device",)),
-    Coupling(f"{_RUNNER}.profile_cudagraph_memory", CALLS,
+    Coupling(f"{_RUNNER}.profile_cudagraph_memory", OVERRIDES,
              "NPUWorker estimates the ACL graphs' memory as vLLM does for CUDA, before "
-             "the KV cache takes the rest", ()),
+             "the KV cache takes the rest; the override keeps other engines' graphs, "
+             "which vLLM's profile clears", ()),
+    Coupling(f"{_WRAPPER}._all_instances", READS,
+             "every graph wrapper in the process, whose graphs vLLM's profile clears"),
     Coupling("vllm.model_executor.warmup.jit_warmup.JitWarmupRegistry.warmup", CALLS,
              "the NPU's kernel warm-up warms the JIT kernels vLLM registered (the runner's "
              "jit_warmup_registry)", ()),
