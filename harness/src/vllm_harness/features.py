@@ -48,6 +48,7 @@ _FEATURES = [
     Feature("sampling.min_tokens", "min_tokens and ignore_eos"),
     Feature("sampling.logprobs", "logprobs count and ranks"),
     Feature("sampling.n", "n completions per prompt"),
+    Feature("sampling.beam_search", "LLM.beam_search equals beam search on transformers (fp32)"),
     Feature("engine.prefix_caching", "prefix cache hit, output unchanged"),
     Feature("engine.chunked_prefill", "chunked prefill, output unchanged"),
     Feature("engine.preemption", "preemption under KV pressure, output unchanged"),
@@ -66,6 +67,11 @@ _FEATURES = [
     Feature("robustness.unservable", "a request the platform cannot serve: 400 with a reason"),
     Feature("robustness.load", "64 concurrent streaming clients, none lost"),
     Feature("robustness.disconnect", "client disconnects mid-stream: KV blocks freed"),
+    Feature("structured.json", "JSON schema and JSON object output validates, offline and "
+            "served; streamed equals whole"),
+    Feature("structured.regex", "regex-constrained output matches"),
+    Feature("structured.choice", "choice-constrained output is one of the choices"),
+    Feature("structured.grammar", "EBNF-grammar-constrained output parses"),
     Feature("parallel.tp2", "tensor parallel 2: greedy ids equal transformers (fp32)"),
 ]
 

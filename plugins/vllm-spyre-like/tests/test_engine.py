@@ -73,6 +73,18 @@ def test_unfittable_request_is_refused_and_engine_keeps_serving(llm, prompt_toke
     assert len(out.outputs[0].token_ids) >= 1
 
 
+def test_structured_output_is_refused_before_the_engine_core(llm):
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    params = SamplingParams(max_tokens=3, structured_outputs=StructuredOutputsParams(
+        choice=["yes", "no"]))
+    with pytest.raises(ValueError, match="does not run structured outputs"):
+        llm.generate("Hello", params)
+    (out,) = llm.generate("Hello", SamplingParams(max_tokens=3, temperature=0))
+    assert len(out.outputs[0].token_ids) >= 1
+
+
 def test_scheduler_and_shapes_in_the_engine(llm):
     config = llm.llm_engine.vllm_config
     assert config.scheduler_config.scheduler_cls == \

@@ -156,3 +156,44 @@ def test_n_completions(llm: Any):
     out = llm.generate([PROMPT], SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=16))[0]
     assert len(out.outputs) == 3, f"n=3 gave {len(out.outputs)} completions"
     assert len({tuple(o.token_ids) for o in out.outputs}) > 1, "three identical samples"
+
+
+BEAM_PROMPTS = ["The best way to learn a language is", "def fibonacci(n):"]
+BEAM_WIDTH, BEAM_TOKENS = 3, 8
+
+
+def _beam_search_by_hand(hf_model: tuple[Any, Any], prompt: str) -> list[tuple[list[int], float]]:
+    """The textbook beam search on transformers' float32 model, end of text
+    ignored: each step keeps the ``BEAM_WIDTH`` best continuations of all beams
+    by their summed log-probabilities."""
+    import torch
+
+    tokenizer, model = hf_model
+    prompt_ids = tokenizer(prompt).input_ids
+    beams: list[tuple[list[int], float]] = [([], 0.0)]
+    with torch.no_grad():
+        for _ in range(BEAM_TOKENS):
+            batch = torch.tensor([prompt_ids + tokens for tokens, _ in beams])
+            logprobs = torch.log_softmax(model(batch).logits[:, -1].float(), dim=-1)
+            scores = logprobs + torch.tensor([score for _, score in beams])[:, None]
+            best = torch.topk(scores.flatten(), BEAM_WIDTH)
+            vocab = scores.shape[1]
+            beams = [(beams[i // vocab][0] + [i % vocab], float(s))
+                     for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)]
+    return beams
+
+
+@pytest.mark.feature("sampling.beam_search")
+def test_beam_search_equals_transformers(llm: Any, hf_model: tuple[Any, Any]):
+    from vllm.sampling_params import BeamSearchParams
+
+    params = BeamSearchParams(beam_width=BEAM_WIDTH, max_tokens=BEAM_TOKENS, ignore_eos=True)
+    outs = llm.beam_search([{"prompt": p} for p in BEAM_PROMPTS], params)
+    for prompt, out in zip(BEAM_PROMPTS, outs, strict=True):
+        n_prompt = len(hf_model[0](prompt).input_ids)
+        got = [(list(s.tokens[n_prompt:]), s.cum_logprob) for s in out.sequences]
+        ref = _beam_search_by_hand(hf_model, prompt)
+        assert [tokens for tokens, _ in got] == [tokens for tokens, _ in ref], (
+            f"{prompt!r}: beams {got} against transformers' {ref}")
+        for (_, score), (_, ref_score) in zip(got, ref, strict=True):
+            assert abs(score - ref_score) < 1e-2, f"{prompt!r}: {score} against {ref_score}"

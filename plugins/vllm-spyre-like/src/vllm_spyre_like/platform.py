@@ -55,7 +55,8 @@ def _client_error():
     from vllm.exceptions import VLLMValidationError
 
     class UnfittableRequestError(VLLMValidationError, ValueError):
-        """A request that fits no warmup shape."""
+        """A request the device cannot run: it fits no warmup shape, or asks for
+        an operation the device lacks."""
 
     return UnfittableRequestError
 
@@ -91,7 +92,17 @@ class SpyreLikePlatform(HostPlatform):
         input processor, before the request reaches the engine core)."""
         from vllm.sampling_params import SamplingParams
 
-        if not isinstance(params, SamplingParams) or not cls.warmup_shapes:
+        if not isinstance(params, SamplingParams):
+            return
+        if params.structured_outputs is not None:
+            # the device's compiled graphs end at the logits; a per-step grammar
+            # mask over them is not among the operations it runs
+            raise _client_error()(
+                f"{DISTRIBUTION} does not run structured outputs (response_format, "
+                "structured_outputs): its compiled graphs have no per-step grammar mask",
+                parameter="structured_outputs",
+                value=None)
+        if not cls.warmup_shapes:
             return
         inputs = processed_inputs
         if inputs.get("type") == "enc_dec":
