@@ -72,6 +72,10 @@ _FEATURES = [
     Feature("structured.regex", "regex-constrained output matches"),
     Feature("structured.choice", "choice-constrained output is one of the choices"),
     Feature("structured.grammar", "EBNF-grammar-constrained output parses"),
+    Feature("lora.offline", "LoRA adapters: greedy fp32 ids equal transformers + peft; "
+            "two adapters and the base model in one batch"),
+    Feature("lora.served", "--enable-lora --lora-modules: each adapter served as a model"),
+    Feature("lora.runtime_load", "an adapter loaded and unloaded while serving"),
     Feature("parallel.tp2", "tensor parallel 2: greedy ids equal transformers (fp32)"),
 ]
 

@@ -275,6 +275,47 @@ def _build_moe_random(full: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+#: LoRA adapters of the full model: name -> (seed, factor on B). peft's random
+#: initialisation of A and B (``init_lora_weights=False``) from the seed, B
+#: scaled, so that each adapter visibly changes the model's answers and the two
+#: answer apart.
+ADAPTERS = {"lora-a": (1, 1.0), "lora-b": (2, 0.5)}
+#: rank of the adapters (``--max-lora-rank`` must be at least this)
+ADAPTER_RANK = 8
+ADAPTER_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def prepare_adapter(name: str, *, quiet: bool = False) -> Path:
+    """The directory of a LoRA adapter of the full model (:data:`ADAPTERS`),
+    written with peft on first use."""
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown adapter {name!r}; use one of {sorted(ADAPTERS)}")
+    full = prepare("full", quiet=quiet)
+    seed, factor = ADAPTERS[name]
+    folder = full.parent / f"{MODEL_NAME}-full-{name}"
+    expected = {"recipe": RECIPE_VERSION, "source": f"{PACKAGE}=={PACKAGE_VERSION}",
+                "adapter": name, "seed": seed, "factor": factor, "rank": ADAPTER_RANK,
+                "modules": ADAPTER_MODULES}
+
+    def build(staging: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        config = LoraConfig(r=ADAPTER_RANK, lora_alpha=2 * ADAPTER_RANK, lora_dropout=0.0,
+                            target_modules=ADAPTER_MODULES, init_lora_weights=False)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32),
+                               config)
+        with torch.no_grad():
+            for param_name, param in model.named_parameters():
+                if "lora_B" in param_name:
+                    param.mul_(factor)
+        model.save_pretrained(staging)
+
+    return _build_once(folder, expected, build)
+
+
 def prepare(variant: str = "full", *, quiet: bool = False) -> Path:
     """Return the directory of a default-model variant, building it on first use.
 

@@ -224,6 +224,15 @@ class HostPlatform(HostDeviceMixin, PluginPlatformMixin, Platform):
     #: dotted path of the worker vLLM builds
     worker_cls: ClassVar[str]
     communicator_cls: ClassVar[str] = "vllm_plugin_kit.communicator.GlooCommunicator"
+    #: dotted path of the punica wrapper that runs LoRA adapters' products; none:
+    #: ``--enable-lora`` is refused at start-up
+    punica_wrapper: ClassVar[str | None] = None
+
+    @classmethod
+    def get_punica_wrapper(cls) -> str:
+        if cls.punica_wrapper is None:
+            raise NotImplementedError(f"{cls.distribution} does not run LoRA adapters")
+        return cls.punica_wrapper
 
     @classmethod
     def configure_host(cls, vllm_config: VllmConfig) -> dict[str, Any]:
@@ -236,6 +245,9 @@ class HostPlatform(HostDeviceMixin, PluginPlatformMixin, Platform):
         settings = cls.settings.resolve(vllm_config.additional_config)
         if vllm_config.model_config is not None:
             cls.check_if_supports_dtype(vllm_config.model_config.dtype)
+        if vllm_config.lora_config is not None and cls.punica_wrapper is None:
+            raise ValueError(f"{cls.distribution} does not run LoRA adapters (--enable-lora): "
+                             "it has no punica wrapper for their batched products")
         parallel = vllm_config.parallel_config
         if parallel.worker_cls == "auto":
             parallel.worker_cls = cls.worker_cls
@@ -246,6 +258,9 @@ class HostPlatform(HostDeviceMixin, PluginPlatformMixin, Platform):
         cls.update_block_size_for_backend(vllm_config)
         # The step is short and host-bound; overlapping scheduling with a
         # device that is the same CPU gains nothing.
+        if vllm_config.scheduler_config.async_scheduling:
+            logger.warning("%s: asynchronous scheduling is off (the device is this host's "
+                           "CPU: nothing to overlap the scheduler with)", cls.plugin)
         vllm_config.scheduler_config.async_scheduling = False
         # Worker and engine processes are spawned, not forked: a process whose
         # OpenMP pool has run (any torch op on more than one thread) deadlocks

@@ -218,6 +218,12 @@ class NPUPlatform(PluginPlatformMixin, Platform):
         if vllm_config.model_config is not None:
             cls.check_if_supports_dtype(vllm_config.model_config.dtype)
             cls._check_modelslim_checkpoint(vllm_config.model_config)
+        if vllm_config.lora_config is not None:
+            # the NPU's LoRA products need their own kernels (bgmv/sgmv on the
+            # NPU), which this plugin does not provide yet
+            raise ValueError(
+                "vllm-ascend does not run LoRA adapters (--enable-lora): it has no NPU "
+                "kernels for the batched adapter products; serve a merged checkpoint instead")
         parallel = vllm_config.parallel_config
         if parallel.use_all2all and parallel.all2all_backend != "allgather_reducescatter":
             # MoE tokens travel between data-parallel ranks through the
@@ -234,6 +240,9 @@ class NPUPlatform(PluginPlatformMixin, Platform):
         cache_config = vllm_config.cache_config
         cls.update_block_size_for_backend(vllm_config)
         check_block_size(cache_config.block_size)
+        if vllm_config.scheduler_config.async_scheduling:
+            logger.warning("vllm-ascend: asynchronous scheduling is off (the NPU model "
+                           "runner schedules each step after the last one's output)")
         vllm_config.scheduler_config.async_scheduling = False
 
         compilation = vllm_config.compilation_config

@@ -31,6 +31,8 @@ class CpuSimPlatform(HostPlatform):
     device_control_env_var: str = "VLLM_CPU_SIM_VISIBLE_DEVICES"
     worker_cls = "vllm_cpu_sim.worker.CpuSimWorker"
     attention_backend = "vllm_cpu_sim.attention.CpuSimAttentionBackend"
+    # vLLM's CPU wrapper (pure PyTorch), right for requests without an adapter
+    punica_wrapper = "vllm_cpu_sim.lora.CpuSimPunicaWrapper"
     #: small enough that prefix-cache hits and preemption show on short
     #: prompts, large enough to keep block tables short
     default_block_size = 16
@@ -42,6 +44,7 @@ class CpuSimPlatform(HostPlatform):
     @classmethod
     def supports_structured_output(cls) -> bool:
         return True
+
 
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:

@@ -197,6 +197,10 @@ class SpyreLikePlatform(HostPlatform):
         # Every setting is resolved here, once, and handed to the scheduler,
         # workers and model runners inside the configuration.
         config = SpyreLikeConfig.load(vllm_config.additional_config)
+        if vllm_config.lora_config is not None:
+            raise ValueError(
+                f"{DISTRIBUTION} does not run LoRA adapters (--enable-lora): its graphs are "
+                "compiled for the base model's weights; serve a merged checkpoint instead")
         if isinstance(vllm_config.additional_config, dict):
             vllm_config.additional_config[PLUGIN] = config.section()
         if config.mode == "continuous":
