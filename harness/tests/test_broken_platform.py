@@ -1,9 +1,10 @@
-"""A deliberately broken platform makes the harness fail, naming the platform,
+"""Deliberately broken platforms make the harness fail, naming the platform,
 the feature and the difference.
 
-The fixture plugin is the scaffold with two faults put in: its attention
+The fixture plugins are the scaffold with faults put in. One: its attention
 negates the result it computed, and its declaration claims float16, which its
-platform refuses.
+platform refuses. Another claims LoRA and runs vLLM's LoRA layers with a punica
+wrapper that leaves the adapters out.
 """
 
 from __future__ import annotations
@@ -46,10 +47,34 @@ def _break(plugin: Path) -> None:
                                         '    "correctness.logprobs",\n    "correctness.fp16",\n'))
 
 
-@pytest.fixture(scope="module")
-def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    plugin = create(NAME, tmp_path_factory.mktemp("plugins"))
-    _break(plugin)
+LORA_NAME = "no-lora"
+LORA_IDENT = "no_lora"
+IGNORING_WRAPPER = """
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+
+class IgnoringWrapper(PunicaWrapperCPU):
+    def add_lora_linear(self, *args, **kwargs):
+        return None
+"""
+
+
+def _ignore_adapters(plugin: Path) -> None:
+    package = plugin / "src" / f"vllm_{LORA_IDENT}"
+    (package / "lora.py").write_text(IGNORING_WRAPPER)
+    platform = package / "platform.py"
+    text = platform.read_text()
+    block = "    default_block_size = 16\n"
+    assert block in text, "the scaffold's platform changed: update this fixture"
+    platform.write_text(text.replace(block, block + (
+        f'    punica_wrapper = "vllm_{LORA_IDENT}.lora.IgnoringWrapper"\n')))
+    declaration = package / "capabilities.toml"
+    text = declaration.read_text()
+    declaration.write_text(text.replace('    "server.*",\n', '    "server.*",\n'
+                                        '    "lora.offline",\n'))
+
+
+def _installed(name: str, plugin: Path) -> Iterator[Path]:
     pip = [sys.executable, "-m", "pip"]
     result = subprocess.run([*pip, "install", "-q", "--no-deps", "--no-build-isolation",
                              str(plugin)], capture_output=True, text=True, timeout=600)
@@ -57,8 +82,22 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         yield plugin
     finally:
-        subprocess.run([*pip, "uninstall", "-y", "-q", f"vllm-{NAME}"], capture_output=True,
+        subprocess.run([*pip, "uninstall", "-y", "-q", f"vllm-{name}"], capture_output=True,
                        timeout=300)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    plugin = create(NAME, tmp_path_factory.mktemp("plugins"))
+    _break(plugin)
+    yield from _installed(NAME, plugin)
+
+
+@pytest.fixture(scope="module")
+def ignores_adapters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    plugin = create(LORA_NAME, tmp_path_factory.mktemp("plugins"))
+    _ignore_adapters(plugin)
+    yield from _installed(LORA_NAME, plugin)
 
 
 def test_harness_names_platform_feature_and_difference(broken: Path, tmp_path: Path):
@@ -78,3 +117,18 @@ def test_harness_names_platform_feature_and_difference(broken: Path, tmp_path: P
     verdicts = json.loads((tmp_path / f"{IDENT}.suite.json").read_text())["features"]
     assert {f: v["status"] for f, v in verdicts.items()} == {
         "correctness.greedy_fp32": "fail", "correctness.fp16": "fail"}
+
+
+def test_harness_names_the_adapter_a_platform_leaves_out(ignores_adapters: Path,
+                                                         tmp_path: Path):
+    cmd = [sys.executable, "-m", "vllm_harness", "run", "--platform", LORA_IDENT,
+           "--suites", "lora", "--results", str(tmp_path), "-n", "1",
+           "--", "-k", "each_adapter"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1200)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-4000:]
+    assert f"[{LORA_IDENT}] lora.offline: claimed, but AssertionError: adapter lora-a: " in out, \
+        out[-4000:]
+    assert "against peft's" in out
+    verdicts = json.loads((tmp_path / f"{LORA_IDENT}.suite.json").read_text())["features"]
+    assert {f: v["status"] for f, v in verdicts.items()} == {"lora.offline": "fail"}

@@ -71,6 +71,12 @@ def test_worst_test_decides_the_feature():
     assert combine([Cell(SKIPPED, False), Cell(COULD_CLAIM, False)]).status == COULD_CLAIM
 
 
+def test_reasons_join_in_the_order_of_the_tests_not_of_their_ending():
+    served, offline = Cell(REFUSED, False, "400: no", ["t_served"]), \
+        Cell(REFUSED, False, "no", ["t_offline"])
+    assert combine([served, offline]).detail == combine([offline, served]).detail == "no; 400: no"
+
+
 def test_expand_suites_and_reject_unknown():
     assert expand(["sampling.*"], "x") == {f for f in FEATURES if f.startswith("sampling.")}
     assert expand(["vllm.anything"], "x") == {"vllm.anything"}

@@ -110,7 +110,10 @@ class Cell:
 def combine(cells: list[Cell]) -> Cell:
     """One feature's cell from the cells of its tests: the worst status wins."""
     worst = min(cells, key=lambda c: ORDER.index(c.status))
-    details = [c.detail for c in cells if c.status == worst.status and c.detail]
+    # in the order of the tests' names, not of their ending: the workers of a
+    # run finish in any order, and the scoreboard must not change with it
+    details = [c.detail for c in sorted(cells, key=lambda c: sorted(c.tests)[:1])
+               if c.status == worst.status and c.detail]
     return Cell(worst.status, worst.claimed, "; ".join(dict.fromkeys(details)),
                 sorted(t for c in cells for t in c.tests))
 
