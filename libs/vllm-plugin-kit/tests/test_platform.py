@@ -13,7 +13,8 @@ def _platform(wrapper: str | None) -> type[HostPlatform]:
     return type("DevicePlatform", (HostPlatform,), {
         "plugin": "device", "distribution": "vllm-device", "version": "0",
         "settings": SettingsTable("device", device_settings("VLLM_DEVICE")),
-        "worker_cls": "vllm_device.worker.Worker", "punica_wrapper": wrapper})
+        "worker_cls": "vllm_device.worker.Worker", "punica_wrapper": wrapper,
+        "attention_backend": "vllm_plugin_kit.attention.HostAttentionBackend"})
 
 
 def _config(**overrides) -> SimpleNamespace:
@@ -22,7 +23,8 @@ def _config(**overrides) -> SimpleNamespace:
         parallel_config=SimpleNamespace(worker_cls="auto", disable_custom_all_reduce=False,
                                         enable_dbo=False),
         scheduler_config=SimpleNamespace(async_scheduling=True),
-        cache_config=SimpleNamespace(block_size=16, user_specified_block_size=True))
+        cache_config=SimpleNamespace(block_size=16, user_specified_block_size=True,
+                                     cache_dtype="auto"))
     config.__dict__.update(overrides)
     return config
 
@@ -43,3 +45,11 @@ def test_asynchronous_scheduling_is_turned_off_with_a_word(caplog, monkeypatch):
         platform.configure_host(config)
     assert config.scheduler_config.async_scheduling is False
     assert "asynchronous scheduling is off" in caplog.text
+
+
+def test_a_kv_cache_dtype_the_attention_does_not_store_is_refused_up_front():
+    config = _config()
+    config.cache_config.cache_dtype = "fp8"
+    with pytest.raises(ValueError, match=r"vllm-device does not store the KV cache as 'fp8'.*"
+                                         r"'auto', 'bfloat16', 'float32'"):
+        _platform(None).configure_host(config)

@@ -245,6 +245,16 @@ class HostPlatform(HostDeviceMixin, PluginPlatformMixin, Platform):
         settings = cls.settings.resolve(vllm_config.additional_config)
         if vllm_config.model_config is not None:
             cls.check_if_supports_dtype(vllm_config.model_config.dtype)
+        cache_dtype = vllm_config.cache_config.cache_dtype
+        if cache_dtype != "auto":
+            from vllm.utils.import_utils import resolve_obj_by_qualname
+
+            backend = resolve_obj_by_qualname(cls.attention_backend)
+            if not backend.supports_kv_cache_dtype(cache_dtype):
+                raise ValueError(
+                    f"{cls.distribution} does not store the KV cache as {cache_dtype!r} "
+                    f"(--kv-cache-dtype); its attention takes "
+                    f"{', '.join(map(repr, backend.supported_kv_cache_dtypes))}")
         if vllm_config.lora_config is not None and cls.punica_wrapper is None:
             raise ValueError(f"{cls.distribution} does not run LoRA adapters (--enable-lora): "
                              "it has no punica wrapper for their batched products")
