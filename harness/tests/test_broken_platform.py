@@ -100,13 +100,18 @@ def ignores_adapters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     yield from _installed(LORA_NAME, plugin)
 
 
-def test_harness_names_platform_feature_and_difference(broken: Path, tmp_path: Path):
-    cmd = [sys.executable, "-m", "vllm_harness", "run", "--platform", IDENT,
-           "--suites", "correctness", "--results", str(tmp_path), "-n", "1",
-           "--", "-k", "greedy or fp16"]
+def _failing_run(ident: str, suites: str, selection: str, results: Path) -> str:
+    """The harness's output on the platform's selected tests, which must fail."""
+    cmd = [sys.executable, "-m", "vllm_harness", "run", "--platform", ident, "--suites", suites,
+           "--results", str(results), "-n", "1", "--", "-k", selection]
     result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1200)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-4000:]
+    return out
+
+
+def test_harness_names_platform_feature_and_difference(broken: Path, tmp_path: Path):
+    out = _failing_run(IDENT, "correctness", "greedy or fp16", tmp_path)
     # wrong attention values: the difference against transformers, per prompt
     assert f"[{IDENT}] correctness.greedy_fp32: claimed, but AssertionError: 8/8 prompts " \
            "differ" in out, out[-4000:]
@@ -121,12 +126,7 @@ def test_harness_names_platform_feature_and_difference(broken: Path, tmp_path: P
 
 def test_harness_names_the_adapter_a_platform_leaves_out(ignores_adapters: Path,
                                                          tmp_path: Path):
-    cmd = [sys.executable, "-m", "vllm_harness", "run", "--platform", LORA_IDENT,
-           "--suites", "lora", "--results", str(tmp_path), "-n", "1",
-           "--", "-k", "each_adapter"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1200)
-    out = result.stdout + result.stderr
-    assert result.returncode == 1, out[-4000:]
+    out = _failing_run(LORA_IDENT, "lora", "each_adapter", tmp_path)
     assert f"[{LORA_IDENT}] lora.offline: claimed, but AssertionError: adapter lora-a: " in out, \
         out[-4000:]
     assert "against peft's" in out

@@ -25,6 +25,13 @@ def _zero_unadapted(y: torch.Tensor | tuple[torch.Tensor, ...], indices: torch.T
         rows[: indices.shape[0]][indices[: rows.shape[0]] < 0] = 0
 
 
+def _unadapted_zeroed(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` with the rows of tokens without an adapter zeroed."""
+    x = x.clone()
+    _zero_unadapted(x, indices)
+    return x
+
+
 class CpuSimPunicaWrapper(PunicaWrapperCPU):
     """vLLM's CPU wrapper, its shrinks zeroed for tokens with no adapter."""
 
@@ -44,21 +51,11 @@ class CpuSimPunicaWrapper(PunicaWrapperCPU):
                            lora_b_stacked: torch.Tensor, add_inputs: bool = True,
                            **kwargs: Any) -> None:
         # the embedding's LoRA is an expand alone, of rows looked up per token
-        x = x.clone()
-        _zero_unadapted(x, self.token_lora_indices)
-        super().add_lora_embedding(y, x, lora_b_stacked, add_inputs, **kwargs)
+        super().add_lora_embedding(y, _unadapted_zeroed(x, self.token_lora_indices),
+                                   lora_b_stacked, add_inputs, **kwargs)
 
     def add_lora_logits(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: torch.Tensor,
-                        lora_b_stacked: torch.Tensor, scale: Any, *,
-                        buffer: torch.Tensor | None = None, **kwargs: Any) -> None:
-        from vllm.lora.ops.torch_ops import bgmv_expand, bgmv_shrink
-
-        # vLLM's logits LoRA: shrink into a float32 buffer, then expand, by
-        # sampler row (the buffer zeroed between for rows with no adapter)
-        flat_y, flat_x = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
-        if buffer is None:
-            buffer = torch.zeros((flat_x.size(0), lora_b_stacked.size(-1)),
-                                 dtype=torch.float32, device=x.device)
-        bgmv_shrink(flat_x, lora_a_stacked, buffer, self.sampler_indices, scale)
-        _zero_unadapted(buffer, self.sampler_indices)
-        bgmv_expand(buffer, lora_b_stacked, flat_y, self.sampler_indices, add_inputs=True)
+                        lora_b_stacked: torch.Tensor, scale: Any, **kwargs: Any) -> None:
+        # by sampler row: a zero row shrinks to zero, and its expand adds nothing
+        super().add_lora_logits(y, _unadapted_zeroed(x, self.sampler_indices), lora_a_stacked,
+                                lora_b_stacked, scale, **kwargs)
