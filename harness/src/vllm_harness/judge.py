@@ -130,6 +130,8 @@ class Results:
     hardware: str
     features: dict[str, Cell] = field(default_factory=dict)
     schema: int = 1
+    #: how the run was made (:func:`vllm_harness.provenance.record`)
+    run: dict[str, str] = field(default_factory=dict)
 
     def add(self, feature: str, cell: Cell) -> None:
         if feature in self.features:

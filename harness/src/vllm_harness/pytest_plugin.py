@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from vllm_harness import declaration
+from vllm_harness import declaration, provenance
 from vllm_harness.env import COMMON_ENV, DEFAULT_ENV, IN_PROCESS_ENV
 from vllm_harness.judge import Cell, Results, exception_outcome, judge, shorten
 
@@ -49,7 +49,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_PROFILE_KEY] = profile
     results = Results(
         column=profile.column, entry_point=profile.entry_point, profile=profile.name,
-        package=profile.package, version=profile.version, hardware=profile.hardware)
+        package=profile.package, version=profile.version, hardware=profile.hardware,
+        run=provenance.record())
     config.stash[_RESULTS_KEY] = results
     config.pluginmanager.register(
         _Recorder(results, config.getoption("--harness-results")), "vllm-harness-recorder")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vllm_harness import provenance
 from vllm_harness import runner as suite_runner
 from vllm_harness.declaration import Profile
 from vllm_harness.env import COMMON_ENV, DEFAULT_ENV, IN_PROCESS_ENV
@@ -232,7 +233,8 @@ def run(profile: Profile, results_dir: Path, groups: list[str] | None = None) ->
     model = str(prepare(profile.model, quiet=True))
     results = Results(column=profile.column, entry_point=profile.entry_point,
                       profile=profile.name, package=profile.package,
-                      version=profile.version, hardware=profile.hardware)
+                      version=profile.version, hardware=profile.hardware,
+                      run=provenance.record())
     ok = True
     start = time.monotonic()
     log = results_dir / "logs" / f"{profile.file_stem}.vllm-tests.log"
