@@ -94,7 +94,7 @@ def test_profiles_merge_over_the_base():
     assert (static.model, paged.model) == ("full", "moe")
     assert static.suites == paged.suites == ["registration", "correctness", "sampling", "engine",
                                              "server", "robustness", "structured", "lora",
-                                             "parallel"]
+                                             "tools", "parallel"]
     data["profiles"]["paged"]["suites"] = ["server", "registration", "correctness"]
     paged = parse(data, "p", "vllm-p", "1.0", "test")[1]
     assert paged.suites == ["registration", "correctness", "server"]  # in the suites' order
@@ -184,6 +184,38 @@ def test_scoreboard_check_names_stale_cells(tmp_path: Path):
     with pytest.raises(scoreboard.StaleError, match=r"a server\.chat: checked in pass, "
                                                     r"results say fail"):
         scoreboard.check(scoreboard.collect(tmp_path / "r"), readme, out)
+
+
+def test_scoreboard_keeps_each_columns_run_and_checks_verdicts_only(tmp_path: Path):
+    suite = _results("a", server__chat=Cell(PASS, True))
+    suite.run = {"date": "2026-12-08T01:00:00Z", "commit": "abc", "machine": "m1"}
+    suite.write(tmp_path / "r" / "a.suite.json")
+    tests = _results("a", vllm__sampler=Cell(PASS, True))
+    tests.run = {"date": "2026-12-08T01:05:00Z", "commit": "abc", "machine": "m1"}
+    tests.write(tmp_path / "r" / "a.vllm-tests.json")
+    readme, out = tmp_path / "README.md", tmp_path / "scoreboard.json"
+    readme.write_text(f"{scoreboard.START}\n{scoreboard.END}\n")
+    scoreboard.write(scoreboard.collect(tmp_path / "r"), readme, out)
+    # the latest part's record stands for the column
+    assert json.loads(out.read_text())["columns"]["a"]["run"]["date"] == "2026-12-08T01:05:00Z"
+    # another commit and machine with the same verdicts: still current
+    for path in (tmp_path / "r").glob("*.json"):
+        part = Results.read(path)
+        part.run = {"date": "2026-12-09T00:00:00Z", "commit": "def", "machine": "m2"}
+        part.write(path)
+    scoreboard.check(scoreboard.collect(tmp_path / "r"), readme, out)
+
+
+def test_provenance_names_the_machine_and_the_stack():
+    from vllm_harness import provenance
+
+    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 23\nmodel\t\t: 49\n"
+               "flags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n")
+    assert provenance.machine(cpuinfo).startswith("AMD EPYC (family 23 model 49), ")
+    assert ", avx2" in provenance.machine(cpuinfo) and "avx512f" not in provenance.machine(cpuinfo)
+    record = provenance.record()
+    assert set(record) >= {"date", "commit", "machine", "vllm", "torch"}
+    assert record["commit"] != "", record
 
 
 def test_scoreboard_needs_its_markers(tmp_path: Path):

@@ -48,18 +48,28 @@ _FEATURES = [
     Feature("sampling.min_tokens", "min_tokens and ignore_eos"),
     Feature("sampling.logprobs", "logprobs count and ranks"),
     Feature("sampling.n", "n completions per prompt"),
-    Feature("sampling.beam_search", "LLM.beam_search equals beam search on transformers (fp32)"),
+    Feature("sampling.beam_search", "LLM.beam_search and the server's use_beam_search equal "
+            "beam search on transformers (fp32)"),
     Feature("engine.prefix_caching", "prefix cache hit, output unchanged"),
     Feature("engine.chunked_prefill", "chunked prefill, output unchanged"),
     Feature("engine.preemption", "preemption under KV pressure, output unchanged"),
     Feature("engine.abort", "abort frees the request, others unchanged"),
     Feature("engine.concurrency", "48 concurrent requests equal one by one"),
+    Feature("engine.prompt_embeds", "prompt_embeds give transformers' greedy ids of the same "
+            "tokens (fp32), alone and batched with token prompts"),
     Feature("server.models", "GET /v1/models and /health"),
     Feature("server.completions", "POST /v1/completions"),
     Feature("server.chat", "POST /v1/chat/completions"),
     Feature("server.streaming", "streamed completions and chat equal whole ones"),
     Feature("server.tokenize", "/tokenize and /detokenize round trip"),
     Feature("server.metrics", "/metrics counts requests"),
+    Feature("server.echo", "echo: the prompt comes back, alone with max_tokens=0, with its "
+            "logprobs"),
+    Feature("server.prompt_logprobs", "prompt_logprobs: each prompt token with its logprob "
+            "and rank, as echo's logprobs give them"),
+    Feature("server.logit_bias", "logit_bias forces a token and bans one"),
+    Feature("server.n_streaming", "n seeded completions streamed equal the same n whole"),
+    Feature("server.responses", "POST /v1/responses, whole and streamed"),
     Feature("robustness.malformed_json", "malformed JSON: 4xx, still serving"),
     Feature("robustness.unknown_model", "unknown model: 404, still serving"),
     Feature("robustness.overlong_prompt", "prompt over max_model_len: 400 naming the limit"),
@@ -76,6 +86,12 @@ _FEATURES = [
             "two adapters and the base model in one batch"),
     Feature("lora.served", "--enable-lora --lora-modules: each adapter served as a model"),
     Feature("lora.runtime_load", "an adapter loaded and unloaded while serving"),
+    Feature("tools.named", "a named tool_choice: one call of that tool, arguments valid "
+            "against its schema; streamed equals whole"),
+    Feature("tools.required", "tool_choice required: calls of the given tools, arguments "
+            "valid against their schemas"),
+    Feature("tools.auto", "tool_choice auto with the hermes parser: a call in the model's "
+            "output comes back parsed; a tool result answered"),
     Feature("parallel.tp2", "tensor parallel 2: greedy ids equal transformers (fp32)"),
 ]
 

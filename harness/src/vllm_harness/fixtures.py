@@ -292,6 +292,14 @@ def cli_args(args: dict[str, Any]) -> list[str]:
     return out
 
 
+#: Tool calling as a user serves a Hermes-style model: the default model's own
+#: chat template with a Hermes tool prompt added (it renders the same without
+#: tools, so every other test sees the model's template), and vLLM's parser.
+TOOL_ARGS = ["--chat-template",
+             str(Path(__file__).parent / "chat_templates" / "chatml_hermes_tools.jinja"),
+             "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+
+
 @dataclass
 class Server:
     url: str
@@ -364,7 +372,7 @@ def server(profile: Profile, model_dir: str,
     # served as a user serves it: the in-process setting is for the suites' LLMs
     env = {k: v for k, v in os.environ.items() if k not in IN_PROCESS_ENV}
     with serving([model_dir, "--served-model-name", SERVED_NAME, "--dtype", dtype,
-                  *cli_args(args), *profile.server_args], log, env) as url:
+                  *TOOL_ARGS, *cli_args(args), *profile.server_args], log, env) as url:
         yield Server(url, log, dtype, profile.max_model_len)
 
 

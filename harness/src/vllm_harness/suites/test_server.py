@@ -79,3 +79,92 @@ def test_metrics_count_requests(server: Server, client: Any):
     before = server.metric("vllm:request_success_total")
     client.completions.create(model=SERVED_NAME, prompt="Hi", max_tokens=2)
     assert server.metric("vllm:request_success_total") == before + 1
+
+
+def _token_ids(server: Server, text: str) -> list[int]:
+    return requests.post(f"{server.url}/tokenize", timeout=10,
+                         json={"model": SERVED_NAME, "prompt": text}).json()["tokens"]
+
+
+ECHO_PROMPT = "The capital of France is"
+
+
+@pytest.mark.feature("server.echo")
+def test_echo(server: Server, client: Any):
+    alone = client.completions.create(model=SERVED_NAME, prompt=ECHO_PROMPT, max_tokens=0,
+                                      echo=True, logprobs=1)
+    choice = alone.choices[0]
+    assert choice.text == ECHO_PROMPT, f"echo with max_tokens=0 gave {choice.text!r}"
+    assert "".join(choice.logprobs.tokens) == ECHO_PROMPT, choice.logprobs.tokens
+    assert len(choice.logprobs.tokens) == len(_token_ids(server, ECHO_PROMPT))
+    first, *rest = choice.logprobs.token_logprobs
+    assert first is None and all(lp is not None and lp <= 0 for lp in rest), (
+        f"prompt logprobs {choice.logprobs.token_logprobs}: the first has none, the rest <= 0")
+    args = dict(model=SERVED_NAME, prompt=ECHO_PROMPT, max_tokens=6, temperature=0)
+    plain = client.completions.create(**args).choices[0].text
+    echoed = client.completions.create(echo=True, **args).choices[0].text
+    assert echoed == ECHO_PROMPT + plain, f"echo gave {echoed!r}, the completion {plain!r}"
+
+
+@pytest.mark.feature("server.prompt_logprobs")
+def test_prompt_logprobs(server: Server, client: Any):
+    k = 2
+    r = client.completions.create(model=SERVED_NAME, prompt=ECHO_PROMPT, max_tokens=1,
+                                  temperature=0, extra_body={"prompt_logprobs": k})
+    entries = r.choices[0].model_extra.get("prompt_logprobs")
+    ids = _token_ids(server, ECHO_PROMPT)
+    assert entries is not None and len(entries) == len(ids), (
+        f"{len(ids)} prompt tokens, prompt_logprobs {entries}")
+    assert entries[0] is None, "the first prompt token has no logprob"
+    for position, (token, entry) in enumerate(zip(ids[1:], entries[1:], strict=True), 1):
+        assert str(token) in entry, f"position {position}: prompt token {token} not in {entry}"
+        assert k <= len(entry) <= k + 1, f"position {position}: asked for {k}, got {entry}"
+        best = max(entry.values(), key=lambda e: e["logprob"])
+        assert best["rank"] == 1 and all(e["logprob"] <= 0 for e in entry.values()), entry
+    # the same numbers as echo's logprobs, which vLLM computes on another path
+    echo = client.completions.create(model=SERVED_NAME, prompt=ECHO_PROMPT, max_tokens=0,
+                                     echo=True, logprobs=1).choices[0].logprobs.token_logprobs
+    mine = [e[str(t)]["logprob"] for t, e in zip(ids[1:], entries[1:], strict=True)]
+    assert mine == pytest.approx(echo[1:], abs=1e-4), f"{mine} against echo's {echo[1:]}"
+
+
+@pytest.mark.feature("server.logit_bias")
+def test_logit_bias(server: Server, client: Any):
+    args = dict(model=SERVED_NAME, prompt="1, 2, 3,", max_tokens=6, temperature=0,
+                extra_body={"return_token_ids": True})
+    plain = client.completions.create(**args).choices[0]
+    forced = _token_ids(server, " banana")[0]
+    r = client.completions.create(logit_bias={str(forced): 100}, **args).choices[0]
+    assert r.model_extra["token_ids"] == [forced] * 6, (
+        f"a bias of +100 on ' banana' gave {r.text!r}")
+    banned = plain.model_extra["token_ids"][0]
+    r = client.completions.create(logit_bias={str(banned): -100}, **args).choices[0]
+    assert r.model_extra["token_ids"][0] != banned, (
+        f"a bias of -100 on the greedy first token {banned} left it first: {r.text!r}")
+
+
+@pytest.mark.feature("server.n_streaming")
+def test_n_streamed_equals_whole(client: Any):
+    args = dict(model=SERVED_NAME, prompt="Once upon a time", max_tokens=12, temperature=1.0,
+                seed=3, n=2, extra_body={"ignore_eos": True})
+    whole = [c.text for c in sorted(client.completions.create(**args).choices,
+                                    key=lambda c: c.index)]
+    streamed: dict[int, str] = {}
+    for chunk in client.completions.create(stream=True, **args):
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + choice.text
+    assert sorted(streamed) == [0, 1], f"streamed choices {sorted(streamed)}, asked for 2"
+    assert [streamed[0], streamed[1]] == whole, f"streamed {streamed} against whole {whole}"
+    assert whole[0] != whole[1], f"two samples alike: {whole}"
+
+
+@pytest.mark.feature("server.responses")
+def test_responses(client: Any):
+    args = dict(model=SERVED_NAME, input=QUESTION[0]["content"], temperature=0,
+                max_output_tokens=30)
+    r = client.responses.create(**args)
+    assert r.status == "completed" and ANSWER in r.output_text, (r.status, r.output_text)
+    events = list(client.responses.create(stream=True, **args))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == r.output_text, f"streamed {text!r} against whole {r.output_text!r}"
+    assert events[-1].type == "response.completed", events[-1].type
