@@ -94,7 +94,8 @@ def test_profiles_merge_over_the_base():
     assert (static.model, paged.model) == ("full", "moe")
     assert static.suites == paged.suites == ["registration", "correctness", "sampling", "engine",
                                              "server", "robustness", "structured", "lora",
-                                             "tools", "parallel"]
+                                             "tools", "pooling", "spec_decode",
+                                             "parallel"]
     data["profiles"]["paged"]["suites"] = ["server", "registration", "correctness"]
     paged = parse(data, "p", "vllm-p", "1.0", "test")[1]
     assert paged.suites == ["registration", "correctness", "server"]  # in the suites' order

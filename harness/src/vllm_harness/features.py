@@ -92,6 +92,14 @@ _FEATURES = [
             "valid against their schemas"),
     Feature("tools.auto", "tool_choice auto with the hermes parser: a call in the model's "
             "output comes back parsed; a tool result answered"),
+    Feature("pooling.embed", "LLM.embed on an encoder-only model (all-MiniLM-L6-v2, BERT) "
+            "equals transformers with its sentence-transformers pooling (fp32)"),
+    Feature("pooling.served", "/v1/embeddings of the encoder-only model equals the same "
+            "reference (fp32)"),
+    Feature("pooling.decoder", "the default (decoder) model run as an embedder (runner "
+            "pooling): its last token's normalised hidden state, as transformers gives it"),
+    Feature("spec_decode.ngram", "n-gram speculative decoding: greedy ids equal transformers "
+            "(fp32) beside a sampled request, drafts accepted"),
     Feature("parallel.tp2", "tensor parallel 2: greedy ids equal transformers (fp32)"),
 ]
 

@@ -136,17 +136,18 @@ def hf_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def _greedy_by_hand(hf_model: tuple[Any, Any]) -> list[list[int]]:
+def _greedy_by_hand(hf_model: tuple[Any, Any], prompts: list[str],
+                    max_tokens: int) -> list[list[int]]:
     import torch
 
     tokenizer, model = hf_model
     out = []
     with torch.no_grad():
-        for prompt in PROMPTS:
+        for prompt in prompts:
             step_ids = tokenizer(prompt, return_tensors="pt").input_ids
             tokens: list[int] = []
             past = None
-            for _ in range(MAX_TOKENS):  # by hand: generate() would suppress EOS, not ignore it
+            for _ in range(max_tokens):  # by hand: generate() would suppress EOS, not ignore it
                 result = model(step_ids, past_key_values=past, use_cache=True)
                 past = result.past_key_values
                 tokens.append(int(result.logits[0, -1].argmax()))
@@ -155,7 +156,9 @@ def _greedy_by_hand(hf_model: tuple[Any, Any]) -> list[list[int]]:
     return out
 
 
-def reference_greedy(model_dir: str, hf: Callable[[], tuple[Any, Any]]) -> list[list[int]]:
+def reference_greedy(model_dir: str, hf: Callable[[], tuple[Any, Any]],
+                     prompts: list[str] = PROMPTS,
+                     max_tokens: int = MAX_TOKENS) -> list[list[int]]:
     """transformers' greedy continuation of every prompt on ``model_dir``, EOS ignored.
 
     Computed once per machine for a given model, prompt set, transformers and
@@ -169,8 +172,8 @@ def reference_greedy(model_dir: str, hf: Callable[[], tuple[Any, Any]]) -> list[
 
     from vllm_harness.models import MARKER, cache_root
 
-    key = {"model": (Path(model_dir) / MARKER).read_text(), "prompts": PROMPTS,
-           "max_tokens": MAX_TOKENS, "transformers": transformers.__version__,
+    key = {"model": (Path(model_dir) / MARKER).read_text(), "prompts": prompts,
+           "max_tokens": max_tokens, "transformers": transformers.__version__,
            "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root() / "references" / f"{Path(model_dir).name}-greedy-{digest}.json"
@@ -178,7 +181,7 @@ def reference_greedy(model_dir: str, hf: Callable[[], tuple[Any, Any]]) -> list[
     with FileLock(f"{path}.lock"):
         if path.is_file():
             return json.loads(path.read_text())["greedy"]
-        greedy = _greedy_by_hand(hf())
+        greedy = _greedy_by_hand(hf(), prompts, max_tokens)
         staging = path.with_suffix(".tmp")
         staging.write_text(json.dumps({"key": key, "greedy": greedy}))
         staging.rename(path)
@@ -359,6 +362,27 @@ def serving(args: list[str], log: Path, env: dict[str, str] | None = None) -> It
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def serving_config(profile: Profile, model: str, log: Path, extra: list[str] | None = None,
+                   env: dict[str, str] | None = None, **overrides: Any) -> Iterator[str]:
+    """``vllm serve`` of ``model`` with the platform's engine arguments and
+    ``overrides``, for a suite that needs a server of its own configuration.
+
+    The configuration is built in this process first, so a platform that
+    refuses it says why in the test (its ValueError), not in a server that
+    never answers."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    args = engine_kwargs(profile, **overrides)
+    args.pop("disable_log_stats", None)
+    EngineArgs(model=model, **args).create_engine_config()
+    # served as a user serves it: the in-process setting is for the suites' LLMs
+    environ = {k: v for k, v in os.environ.items() if k not in IN_PROCESS_ENV}
+    with serving([model, "--served-model-name", SERVED_NAME, *cli_args(args), *(extra or []),
+                  *profile.server_args], log, {**environ, **(env or {})}) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

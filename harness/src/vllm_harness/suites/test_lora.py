@@ -9,7 +9,6 @@ answers; peft runs them as the reference.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,14 +16,7 @@ import pytest
 import requests
 
 from vllm_harness.declaration import Profile
-from vllm_harness.env import IN_PROCESS_ENV
-from vllm_harness.fixtures import (
-    SERVED_NAME,
-    cli_args,
-    engine_kwargs,
-    make_llm,
-    serving,
-)
+from vllm_harness.fixtures import SERVED_NAME, make_llm, serving_config
 from vllm_harness.models import ADAPTER_RANK, ADAPTERS, prepare_adapter
 
 pytestmark = pytest.mark.xdist_group("lora")
@@ -116,21 +108,12 @@ def test_a_mixed_batch_gives_each_request_its_own_answer(lora_llm: Any, referenc
 @pytest.fixture(scope="module")
 def lora_server(profile: Profile, model_dir: str,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``vllm serve`` in float32 with both adapters, loading more at run time allowed.
-
-    The configuration is built here first, so a platform that refuses LoRA says
-    why in the test, not in a server that never answers."""
-    from vllm.engine.arg_utils import EngineArgs
-
-    args = engine_kwargs(profile, dtype="float32", **LORA_ARGS)
-    args.pop("disable_log_stats", None)
-    EngineArgs(model=model_dir, **args).create_engine_config()
+    """``vllm serve`` in float32 with both adapters, loading more at run time allowed."""
     modules = [f"{name}={prepare_adapter(name)}" for name in ADAPTERS]
-    env = {k: v for k, v in os.environ.items() if k not in IN_PROCESS_ENV}
-    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     log = tmp_path_factory.mktemp("lora-server") / "serve.log"
-    with serving([model_dir, "--served-model-name", SERVED_NAME, *cli_args(args),
-                  "--lora-modules", *modules, *profile.server_args], log, env) as url:
+    with serving_config(profile, model_dir, log, ["--lora-modules", *modules],
+                        {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}, dtype="float32",
+                        **LORA_ARGS) as url:
         yield url
 
 

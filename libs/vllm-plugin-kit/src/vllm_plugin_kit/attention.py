@@ -14,6 +14,10 @@ layer, so no Python loop runs over requests or tokens in the hot path. K/V rows
 are read and written with ``index_select`` / ``index_copy_`` on whole rows,
 several times faster than advanced indexing, which walks element by element.
 
+Encoder-only layers (BERT-style embedding models) keep no cache: their
+requests are whole prompts in one step, so a request's keys are its own tokens
+of the step, read from ``key`` and ``value`` in place of the cache, unmasked.
+
 A plugin registers a subclass of :class:`HostAttentionBackend` under its own
 name (vLLM looks backends up by name); a device's own kernel replaces
 ``do_kv_cache_update`` and ``forward`` and keeps the metadata builder.
@@ -39,20 +43,24 @@ from vllm.v1.attention.backend import (
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheLayout
 
+#: what the host attention computes: causal decoder and unmasked encoder-only layers
+ATTENTION_TYPES = (AttentionType.DECODER, AttentionType.ENCODER_ONLY)
+
 
 def refuse_unsupported(owner: str, alibi_slopes: list[float] | None,
                        sliding_window: int | None, logits_soft_cap: float | None,
                        sinks: torch.Tensor | None, attn_type: str,
+                       attn_types: tuple[str, ...] = ATTENTION_TYPES,
                        **more: bool) -> None:
     """Raise NotImplementedError naming every feature an attention layer asks for
     (vLLM's ``AttentionImpl`` arguments, and ``more`` of the owner's own) that
-    ``owner``'s attention lacks: causal decoder attention, nothing else."""
+    ``owner``'s attention lacks: it computes ``attn_types``, nothing else."""
     features = {
         "ALiBi": alibi_slopes is not None,
         "sliding window": sliding_window is not None,
         "logits soft cap": bool(logits_soft_cap),
         "attention sinks": sinks is not None,
-        f"attention type {attn_type}": attn_type != AttentionType.DECODER,
+        f"attention type {attn_type}": attn_type not in attn_types,
         **{name.replace("_", " "): used for name, used in more.items()},
     }
     missing = [name for name, used in features.items() if used]
@@ -84,6 +92,14 @@ class HostAttentionBackend(AttentionBackend):
         # Block, then token, then head: the slots of one block are contiguous,
         # so the cache flattens to [slots, heads, 2 * head_size] without a copy.
         return (KVCacheLayout.LBNHC,)
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type in ATTENTION_TYPES
+
+    @classmethod
+    def supports_non_causal(cls) -> bool:
+        return True
 
     @classmethod
     def get_impl_cls(cls) -> type[HostAttentionImpl]:
@@ -144,16 +160,22 @@ def build_part(
     max_q = int(query_lens.max())
     max_s = int(seq_lens.max())
     positions = torch.arange(max_s, dtype=torch.int64)
-    blocks = block_table[:, : (max_s + block_size - 1) // block_size].to(torch.int64)
-    kv_slots = blocks.gather(1, (positions // block_size).expand(len(seq_lens), -1))
-    kv_slots = kv_slots * block_size + positions % block_size
     kv_valid = positions[None, :] < seq_lens[:, None]
-    kv_slots = torch.where(kv_valid, kv_slots, 0)
 
     rows = torch.arange(max_q, dtype=torch.int64)
     query_valid = rows[None, :] < query_lens[:, None]
     query_index = query_start_loc[:-1, None].to(torch.int64) + rows[None, :]
     query_index = torch.where(query_valid, query_index, query_start_loc[:-1, None])
+    if causal:
+        blocks = block_table[:, : (max_s + block_size - 1) // block_size].to(torch.int64)
+        kv_slots = blocks.gather(1, (positions // block_size).expand(len(seq_lens), -1))
+        kv_slots = torch.where(kv_valid, kv_slots * block_size + positions % block_size, 0)
+    elif bool((context_lens == 0).all()):
+        # encoder-only: the keys are the request's own tokens of this step
+        kv_slots = query_index + token_offset
+    else:
+        raise NotImplementedError("host attention runs non-causal layers on whole prompts "
+                                  "only, not on a prompt with tokens already cached")
     mask = kv_valid[:, None, :].expand(-1, max_q, -1)
     if causal:
         query_pos = context_lens[:, None] + rows[None, :]  # absolute position
@@ -250,6 +272,7 @@ class HostAttentionImpl(AttentionImpl):
     ) -> None:
         refuse_unsupported(self.OWNER, alibi_slopes, sliding_window, logits_soft_cap, sinks,
                            attn_type)
+        self.encoder_only = attn_type == AttentionType.ENCODER_ONLY
         self.num_heads = num_heads
         self.head_size = head_size
         self.scale = float(scale)
@@ -266,6 +289,8 @@ class HostAttentionImpl(AttentionImpl):
         kv_cache: torch.Tensor,
         slot_mapping: torch.Tensor,  # [tokens]
     ) -> None:
+        if self.encoder_only:  # keeps no cache
+            return
         n = slot_mapping.shape[0]
         # Slots of -1 mark padding tokens that own no cache entry.
         slots = slot_mapping.to(torch.int64)
@@ -323,7 +348,12 @@ class HostAttentionImpl(AttentionImpl):
                                       "quantization")
         if attn_metadata is None:  # profiling run: no cache bound yet
             return output
-        cache = flat_cache(kv_cache)
+        if self.encoder_only:  # the step's own K and V, indexed by token as the cache by slot
+            n = attn_metadata.num_actual_tokens
+            shape = (n, self.num_kv_heads, self.head_size)
+            cache = torch.cat((key[:n].reshape(shape), value[:n].reshape(shape)), dim=-1)
+        else:
+            cache = flat_cache(kv_cache)
         query = query.view(-1, self.num_heads, self.head_size)
         out = output.view(output.shape[0], -1)
         for part in (attn_metadata.decode, attn_metadata.prefill):

@@ -114,6 +114,12 @@ _WORKER = "vllm.v1.worker.gpu_worker.Worker"
 _CPU_WORKER = "vllm.v1.worker.cpu_worker.CPUWorker"
 
 #: What the kit itself leans on.
+def _rejection_forms() -> dict[str, Any]:
+    from vllm_plugin_kit import rejection
+
+    return rejection.OVERRIDES
+
+
 KIT = (
     Coupling(f"{_WORKER}.__init__", CALLS,
              "HostWorker skips CPUWorker.__init__ (it binds NUMA memory through a compiled "
@@ -146,6 +152,12 @@ KIT = (
               "block_table_ptr", "block_table_stride", "slot_mapping_ptr",
               "KV_CACHE_BLOCK_SIZE", "TOTAL_CP_WORLD_SIZE", "TOTAL_CP_RANK",
               "CP_KV_CACHE_INTERLEAVE_SIZE", "PAD_ID", "BLOCK_SIZE")),
+    # the rejection sampler's kernels (speculative decoding), each replaced by the
+    # form in rejection.py of the same name, whose parameters are the kernel's
+    *(Coupling(kernel, OVERRIDES, f"replaced through the Triton dispatcher by "
+               f"rejection.{form.__name__}, which takes the kernel's parameters by name",
+               tuple(inspect.signature(form).parameters))
+      for kernel, form in _rejection_forms().items()),
     Coupling("vllm.triton_utils.dispatcher._resolve_kernel", CALLS,
              "finds the registered override to give it a no-op warmup (vLLM's JIT warm-up "
              "asserts every kernel has one)", ("name",)),

@@ -1,10 +1,12 @@
 """PyTorch forms of the Triton kernels that vLLM's model runner launches.
 
 vLLM writes a few bookkeeping kernels in Triton and lets a platform without
-Triton replace them (``Platform.register_triton_kernel_overrides``). These
-are vectorised tensor programs: no loop over requests or tokens, and every
-tensor made on the device of the tensors they index, so the same form serves
-a device's runner as well as the host's.
+Triton replace them (``Platform.register_triton_kernel_overrides``): the
+slot mapping here, the rejection sampler's speculative-decoding kernels in
+:mod:`vllm_plugin_kit.rejection`. These are vectorised tensor programs: no
+loop over requests or tokens, and every tensor made on the device of the
+tensors they index, so the same form serves a device's runner as well as the
+host's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from vllm_plugin_kit import rejection
 
 SLOT_MAPPING_KERNEL = "vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel"
 
@@ -53,7 +57,7 @@ def _no_warmup(*args: Any, **kwargs: Any) -> None:
     """A PyTorch form has nothing to compile ahead of its first launch."""
 
 
-OVERRIDES = {SLOT_MAPPING_KERNEL: compute_slot_mapping}
+OVERRIDES = {SLOT_MAPPING_KERNEL: compute_slot_mapping, **rejection.OVERRIDES}
 
 
 def register_overrides(overrides: dict[str, Any] | None = None) -> None:

@@ -227,6 +227,11 @@ class HostPlatform(HostDeviceMixin, PluginPlatformMixin, Platform):
     #: dotted path of the punica wrapper that runs LoRA adapters' products; none:
     #: ``--enable-lora`` is refused at start-up
     punica_wrapper: ClassVar[str | None] = None
+    #: the speculative-decoding methods the platform runs (``--speculative-config
+    #: '{"method": ...}'``); others are refused at start-up. The n-gram proposer
+    #: runs on the host (numba) and the rejection sampler through the kit's
+    #: PyTorch forms; the draft-model methods launch Triton kernels of their own
+    speculative_methods: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def get_punica_wrapper(cls) -> str:
@@ -258,6 +263,12 @@ class HostPlatform(HostDeviceMixin, PluginPlatformMixin, Platform):
         if vllm_config.lora_config is not None and cls.punica_wrapper is None:
             raise ValueError(f"{cls.distribution} does not run LoRA adapters (--enable-lora): "
                              "it has no punica wrapper for their batched products")
+        speculative = vllm_config.speculative_config
+        if speculative is not None and speculative.method not in cls.speculative_methods:
+            runs = (f": it runs method {', '.join(map(repr, cls.speculative_methods))} only"
+                    if cls.speculative_methods else "")
+            raise ValueError(f"{cls.distribution} does not run speculative decoding with "
+                             f"method {speculative.method!r} (--speculative-config){runs}")
         parallel = vllm_config.parallel_config
         if parallel.worker_cls == "auto":
             parallel.worker_cls = cls.worker_cls

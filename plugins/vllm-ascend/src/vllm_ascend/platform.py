@@ -224,6 +224,17 @@ class NPUPlatform(PluginPlatformMixin, Platform):
             raise ValueError(
                 "vllm-ascend does not run LoRA adapters (--enable-lora): it has no NPU "
                 "kernels for the batched adapter products; serve a merged checkpoint instead")
+        model_config = vllm_config.model_config
+        if model_config is not None and model_config.attn_type == "encoder_only":
+            raise ValueError(
+                "vllm-ascend does not run encoder-only models (BERT-style embedding "
+                "models): its attention kernels run causal decoder layers")
+        if vllm_config.speculative_config is not None:
+            # the rejection sampler scores drafts with Triton kernels, which
+            # need an NPU form (PyTorch or triton-ascend) this plugin lacks
+            raise ValueError(
+                "vllm-ascend does not run speculative decoding (--speculative-config): it "
+                "has no NPU kernels for the rejection sampler that scores the drafts")
         parallel = vllm_config.parallel_config
         if parallel.use_all2all and parallel.all2all_backend != "allgather_reducescatter":
             # MoE tokens travel between data-parallel ranks through the

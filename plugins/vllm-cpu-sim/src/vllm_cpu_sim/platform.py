@@ -33,6 +33,9 @@ class CpuSimPlatform(HostPlatform):
     attention_backend = "vllm_cpu_sim.attention.CpuSimAttentionBackend"
     # vLLM's CPU wrapper (pure PyTorch), right for requests without an adapter
     punica_wrapper = "vllm_cpu_sim.lora.CpuSimPunicaWrapper"
+    # drafts from the prompt's n-grams (numba, a dependency); EAGLE and draft
+    # models launch Triton kernels of their own that have no PyTorch form here
+    speculative_methods = ("ngram",)
     #: small enough that prefix-cache hits and preemption show on short
     #: prompts, large enough to keep block tables short
     default_block_size = 16

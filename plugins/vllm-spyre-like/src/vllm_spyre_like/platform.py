@@ -201,6 +201,15 @@ class SpyreLikePlatform(HostPlatform):
             raise ValueError(
                 f"{DISTRIBUTION} does not run LoRA adapters (--enable-lora): its graphs are "
                 "compiled for the base model's weights; serve a merged checkpoint instead")
+        model_config = vllm_config.model_config
+        if model_config is not None and model_config.runner_type == "pooling":
+            raise ValueError(
+                f"{DISTRIBUTION} does not run pooling models (--runner pooling, "
+                "/v1/embeddings): its schedulers and graphs are built for generation")
+        if vllm_config.speculative_config is not None:
+            raise ValueError(
+                f"{DISTRIBUTION} does not run speculative decoding (--speculative-config): "
+                "its decode graphs take one token per sequence a step, not a draft to score")
         if isinstance(vllm_config.additional_config, dict):
             vllm_config.additional_config[PLUGIN] = config.section()
         if config.mode == "continuous":
