@@ -92,6 +92,14 @@ _FEATURES = [
             "valid against their schemas"),
     Feature("tools.auto", "tool_choice auto with the hermes parser: a call in the model's "
             "output comes back parsed; a tool result answered"),
+    Feature("model.qwen3", "another architecture: a seeded random Qwen3 (q/k norms), greedy "
+            "ids equal transformers (fp32)"),
+    Feature("model.sliding_window", "a seeded random Gemma 3 with sliding-window layers of 16 "
+            "positions, on prompts past the window: greedy ids equal transformers (fp32)"),
+    Feature("model.moe_routed", "a seeded random Qwen3-MoE whose router picks 2 of 8 experts: "
+            "greedy ids equal transformers (fp32)"),
+    Feature("model.long_context", "a prompt of over 2,000 tokens across many KV blocks: "
+            "greedy ids equal transformers (fp32)"),
     Feature("pooling.embed", "LLM.embed on an encoder-only model (all-MiniLM-L6-v2, BERT) "
             "equals transformers with its sentence-transformers pooling (fp32)"),
     Feature("pooling.served", "/v1/embeddings of the encoder-only model equals the same "

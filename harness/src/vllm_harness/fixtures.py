@@ -217,6 +217,27 @@ def make_llm(profile: Profile, model: str, **overrides: Any) -> Any:
     return LLM(model=model, **engine_kwargs(profile, **overrides))
 
 
+def make_llm_apart(profile: Profile, model: str, **overrides: Any) -> Any:
+    """:func:`make_llm` with the engine core in a process of its own. vLLM sets
+    up a process's model-parallel groups once, for the first engine's model: a
+    mixture of experts after a dense model in the same process finds no expert
+    group. (Environment variables are cached once a core has started here, so
+    the cache is dropped before the setting is changed.)"""
+    from vllm import envs
+
+    key = next(iter(IN_PROCESS_ENV))
+    before = os.environ.get(key)
+    envs.disable_envs_cache()
+    os.environ[key] = "1"
+    try:
+        return make_llm(profile, model, **overrides)
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def shutdown(llm: Any) -> None:
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None:

@@ -62,6 +62,37 @@ MOE_RANDOM_CONFIG = {
     "initializer_range": 0.1,
 }
 MOE_RANDOM_SEED = 0
+#: The "qwen3-random" variant: a small dense Qwen3 (q/k norms, GQA) of seeded
+#: random weights with the default model's tokenizer.
+QWEN3_RANDOM_CONFIG = {
+    "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512,
+    "max_position_embeddings": 8192, "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0},
+    "initializer_range": 0.1,
+}
+#: The "gemma3-random" variant: a small Gemma 3 text decoder of seeded random
+#: weights (GeGLU, sandwich norms, query_pre_attn_scalar), three sliding-window
+#: layers of 16 positions to one full layer, so any prompt past 16 tokens
+#: depends on the window being right.
+GEMMA3_SLIDING_WINDOW = 16
+GEMMA3_RANDOM_CONFIG = {
+    "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512,
+    "query_pre_attn_scalar": 64, "sliding_window": GEMMA3_SLIDING_WINDOW,
+    "layer_types": ["sliding_attention"] * 3 + ["full_attention"],
+    # an output head of its own: tied to Gemma's scaled input embeddings, a
+    # random model's logits only repeat the last token
+    "max_position_embeddings": 8192, "tie_word_embeddings": False,
+    "initializer_range": 0.1,
+}
+#: variant -> (transformers config class, model class, config, seed)
+RANDOM_MODELS = {
+    "moe-random": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", MOE_RANDOM_CONFIG,
+                   MOE_RANDOM_SEED),
+    "qwen3-random": ("Qwen3Config", "Qwen3ForCausalLM", QWEN3_RANDOM_CONFIG, 0),
+    "gemma3-random": ("Gemma3TextConfig", "Gemma3ForCausalLM", GEMMA3_RANDOM_CONFIG, 0),
+}
 
 VARIANTS = {
     "full": "the converted model (30 layers), for correctness tests and the demo",
@@ -73,6 +104,11 @@ VARIANTS = {
     "moe-tp2": "the tp2 model as a mixture of experts, as moe is the full one",
     "moe-random": "a Qwen3-MoE model of seeded random weights (4 layers, 8 experts, top 2) "
     "with the default model's tokenizer, whose router picks experts",
+    "qwen3-random": "a dense Qwen3 model of seeded random weights (4 layers) with the default "
+    "model's tokenizer",
+    "gemma3-random": "a Gemma 3 text model of seeded random weights (4 layers, 3 of them "
+    f"sliding-window layers of {GEMMA3_SLIDING_WINDOW} positions) with the default model's "
+    "tokenizer",
 }
 
 
@@ -301,19 +337,21 @@ def _build_moe(full: Path, out: Path) -> None:
             shutil.copy2(item, out / item.name)
 
 
-def _build_moe_random(full: Path, out: Path) -> None:
-    """The "moe-random" variant: :data:`MOE_RANDOM_CONFIG` with random weights
-    from :data:`MOE_RANDOM_SEED`, the full model's tokenizer and special
-    tokens, in bf16 (float32 runs of it are exact upcasts)."""
+def _build_random(full: Path, out: Path, variant: str) -> None:
+    """A variant of :data:`RANDOM_MODELS`: its config with random weights from its
+    seed, the full model's tokenizer and special tokens, in bf16 (float32 runs
+    of it are exact upcasts)."""
     import torch
-    from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
+    import transformers
 
+    config_cls, model_cls, settings, seed = RANDOM_MODELS[variant]
     base = json.loads((full / "config.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(full)
-    config = Qwen3MoeConfig(vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"],
-                            eos_token_id=base["eos_token_id"], **MOE_RANDOM_CONFIG)
-    torch.manual_seed(MOE_RANDOM_SEED)
-    model = Qwen3MoeForCausalLM(config).to(torch.bfloat16)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(full)
+    config = getattr(transformers, config_cls)(
+        vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"],
+        eos_token_id=base["eos_token_id"], **settings)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).to(torch.bfloat16)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -371,6 +409,8 @@ def prepare(variant: str = "full", *, quiet: bool = False) -> Path:
     folder = root / "models" / f"{MODEL_NAME}-{variant}"
     expected = {"recipe": RECIPE_VERSION, "source": f"{PACKAGE}=={PACKAGE_VERSION}",
                 "variant": variant}
+    if variant in RANDOM_MODELS:  # another config is another model, and other references
+        expected["config"] = RANDOM_MODELS[variant][2]
     if _is_prepared(folder, expected):
         return folder
     full = prepare("full", quiet=quiet) if variant != "full" else None
@@ -385,8 +425,8 @@ def prepare(variant: str = "full", *, quiet: bool = False) -> Path:
                 bar.set_description(f"ready: {folder}")
         elif variant in ("moe", "moe-tp2"):
             _build_moe(tp2 or full, staging)
-        elif variant == "moe-random":
-            _build_moe_random(full, staging)
+        elif variant in RANDOM_MODELS:
+            _build_random(full, staging, variant)
         else:
             _derive(full, staging, variant)
 

@@ -17,21 +17,26 @@ def _paged_cache(num_blocks: int, dtype=torch.float32) -> torch.Tensor:
     return torch.zeros(num_blocks, BLOCK, KV_HEADS, 2 * HEAD, dtype=dtype).permute(0, 2, 1, 3)
 
 
-def _reference(q, keys, values, context_len):
-    """Causal attention of one request: q [Q, H, D], keys/values [S, Hkv, D]."""
+def _reference(q, keys, values, context_len, window=None):
+    """Causal attention of one request: q [Q, H, D], keys/values [S, Hkv, D];
+    with a window, each query sees the ``window`` positions ending at its own."""
     groups = HEADS // KV_HEADS
     k = keys.repeat_interleave(groups, dim=1).transpose(0, 1)
     v = values.repeat_interleave(groups, dim=1).transpose(0, 1)
     scores = q.transpose(0, 1) @ k.transpose(1, 2) / HEAD**0.5  # [H, Q, S]
     q_pos = context_len + torch.arange(q.shape[0])
     mask = torch.arange(keys.shape[0])[None, :] <= q_pos[:, None]
+    if window is not None:
+        mask &= torch.arange(keys.shape[0])[None, :] > q_pos[:, None] - window
     scores = scores.masked_fill(~mask, float("-inf"))
     return (scores.softmax(-1) @ v).transpose(0, 1)  # [Q, H, D]
 
 
+@pytest.mark.parametrize("window", [None, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mixed_batch_matches_dense_attention(dtype):
-    """Decodes, a fresh prefill, a prefix-cache hit and a chunk in one batch."""
+def test_mixed_batch_matches_dense_attention(dtype, window):
+    """Decodes, a fresh prefill, a prefix-cache hit and a chunk in one batch,
+    with full attention and with a sliding window shorter than every request."""
     torch.manual_seed(0)
     # (context already cached, new query tokens); decodes first, as vLLM orders them
     requests = [(9, 1), (3, 1), (0, 6), (8, 5), (5, 3)]
@@ -41,7 +46,7 @@ def test_mixed_batch_matches_dense_attention(dtype):
     table = torch.zeros(len(requests), 8, dtype=torch.int32)
     keys, values, queries, slots = [], [], [], []
     next_block = 0
-    impl = HostAttentionImpl(HEADS, HEAD, HEAD**-0.5, KV_HEADS)
+    impl = HostAttentionImpl(HEADS, HEAD, HEAD**-0.5, KV_HEADS, sliding_window=window)
     for r, (ctx, new) in enumerate(requests):
         total = ctx + new
         nblocks = -(-total // BLOCK)
@@ -74,7 +79,7 @@ def test_mixed_batch_matches_dense_attention(dtype):
     out = torch.full((q.shape[0], HEADS * HEAD), float("nan"), dtype=dtype)
     impl.forward(None, q.view(-1, HEADS * HEAD), new_k, new_v, cache, attn, out)
     expected = torch.cat([
-        _reference(qr.float(), k.float(), v.float(), ctx)
+        _reference(qr.float(), k.float(), v.float(), ctx, window)
         for qr, k, v, (ctx, _) in zip(queries, keys, values, requests)
     ]).reshape(q.shape[0], -1)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -96,8 +101,9 @@ def test_unsupported_attention_features_are_refused():
         OWNER = "my_npu"
 
     with pytest.raises(NotImplementedError,
-                       match="my_npu attention does not support ALiBi, sliding window"):
-        Owned(HEADS, HEAD, 1.0, KV_HEADS, sliding_window=128, alibi_slopes=[1.0])
+                       match="my_npu attention does not support ALiBi, logits soft cap"):
+        Owned(HEADS, HEAD, 1.0, KV_HEADS, sliding_window=128, alibi_slopes=[1.0],
+              logits_soft_cap=30.0)
 
 
 def test_padded_rows_of_the_output_are_zeroed():

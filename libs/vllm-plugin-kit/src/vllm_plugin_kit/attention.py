@@ -102,6 +102,10 @@ class HostAttentionBackend(AttentionBackend):
         return True
 
     @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
     def get_impl_cls(cls) -> type[HostAttentionImpl]:
         return cls.IMPL
 
@@ -126,17 +130,30 @@ class Part:
     # first flat token of this part and its number of tokens
     token_start: int
     num_tokens: int
-    # ``mask`` repeated for G query heads per KV head, built once per step
-    _grouped_masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    # [R, Q] absolute position of each query row
+    query_pos: torch.Tensor | None = None
+    # ``mask`` (narrowed to a sliding window) repeated for G query heads per KV
+    # head, built once per step for every (G, window) the layers ask for
+    _grouped_masks: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
 
-    def grouped_mask(self, group: int) -> torch.Tensor:
-        """[R, 1, G*Q, S]: the mask for queries folded as (head in group, position)."""
-        if group not in self._grouped_masks:
-            r, q, s = self.mask.shape
-            self._grouped_masks[group] = (
-                self.mask[:, None].expand(r, group, q, s).reshape(r, 1, group * q, s)
+    def grouped_mask(self, group: int, window: int | None = None) -> torch.Tensor:
+        """[R, 1, G*Q, S]: the mask for queries folded as (head in group, position);
+        with a ``window``, a query sees only the ``window`` positions ending at its own."""
+        key = (group, window)
+        if key not in self._grouped_masks:
+            mask = self.mask
+            if window is not None:
+                assert self.query_pos is not None, "a sliding window needs query positions"
+                keys = torch.arange(mask.shape[-1])
+                mask = mask & (keys[None, None, :] > self.query_pos[:, :, None] - window)
+                # padding rows keep their one visible key (position 0)
+                mask = mask | self.mask & (keys == 0)[None, None, :] & \
+                    ~mask.any(-1, keepdim=True)
+            r, q, s = mask.shape
+            self._grouped_masks[key] = (
+                mask[:, None].expand(r, group, q, s).reshape(r, 1, group * q, s)
             )
-        return self._grouped_masks[group]
+        return self._grouped_masks[key]
 
 
 @dataclass
@@ -177,8 +194,8 @@ def build_part(
         raise NotImplementedError("host attention runs non-causal layers on whole prompts "
                                   "only, not on a prompt with tokens already cached")
     mask = kv_valid[:, None, :].expand(-1, max_q, -1)
+    query_pos = context_lens[:, None] + rows[None, :]  # absolute position
     if causal:
-        query_pos = context_lens[:, None] + rows[None, :]  # absolute position
         mask = mask & (positions[None, None, :] <= query_pos[:, :, None])
     # Padding rows get one visible key so softmax stays finite; they are dropped.
     mask = mask | ~query_valid[:, :, None] & (positions == 0)[None, None, :]
@@ -189,6 +206,7 @@ def build_part(
         query_valid=query_valid,
         token_start=token_offset,
         num_tokens=int(query_start_loc[-1] - query_start_loc[0]),
+        query_pos=query_pos,
     )
 
 
@@ -270,9 +288,10 @@ class HostAttentionImpl(AttentionImpl):
         kv_sharing_target_layer_name: str | None = None,
         sinks: torch.Tensor | None = None,
     ) -> None:
-        refuse_unsupported(self.OWNER, alibi_slopes, sliding_window, logits_soft_cap, sinks,
-                           attn_type)
+        refuse_unsupported(self.OWNER, alibi_slopes, None, logits_soft_cap, sinks, attn_type)
         self.encoder_only = attn_type == AttentionType.ENCODER_ONLY
+        #: a query sees this many positions, ending at its own (None: all)
+        self.sliding_window = sliding_window
         self.num_heads = num_heads
         self.head_size = head_size
         self.scale = float(scale)
@@ -320,7 +339,7 @@ class HostAttentionImpl(AttentionImpl):
         q = q.view(rows, q_len, self.num_kv_heads, group, self.head_size)
         q = q.permute(0, 2, 3, 1, 4).reshape(rows, self.num_kv_heads, group * q_len, -1)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=part.grouped_mask(group), scale=self.scale
+            q, k, v, attn_mask=part.grouped_mask(group, self.sliding_window), scale=self.scale
         )  # [R, Hkv, G*Q, D]
         if q_len == 1 and rows == part.num_tokens:  # decodes: one row each, in order
             out = out.reshape(rows, -1)

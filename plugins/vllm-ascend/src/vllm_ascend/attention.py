@@ -226,7 +226,7 @@ class AscendAttentionImpl(AttentionImpl):
         sinks: torch.Tensor | None = None,
     ) -> None:
         refuse_unsupported("vllm-ascend", alibi_slopes, sliding_window, logits_soft_cap, sinks,
-                           attn_type,
+                           attn_type, (AttentionType.DECODER,),
                            a_shared_KV_cache=kv_sharing_target_layer_name is not None)
         self.num_heads = num_heads
         self.head_size = head_size

@@ -39,10 +39,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from vllm.model_executor.layers.fused_moe.activation import MoEActivation
 from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
     UnquantizedFusedMoEMethod,
 )
+from vllm_plugin_kit import moe as kit_moe
 
 from vllm_ascend import get_logger, npu_ops
 
@@ -53,22 +53,10 @@ if TYPE_CHECKING:
 
 
 def unsupported_routing(layer: RoutedExperts) -> list[str]:
-    """What a layer asks for that the NPU MoE path does not run."""
-    moe = layer.moe_config
-    checks = {
-        f"scoring function {layer.scoring_func!r} (softmax runs)":
-            layer.scoring_func != "softmax",
-        "grouped top-k routing": bool(layer.use_grouped_topk),
-        "a custom routing function": layer.custom_routing_function is not None,
-        "an expert score correction bias": layer.e_score_correction_bias is not None,
-        f"routed scaling factor {layer.routed_scaling_factor}":
-            layer.routed_scaling_factor != 1.0,
-        "router weights applied to the input": bool(layer.apply_router_weight_on_input),
-        f"activation {layer.activation.value} (silu runs)":
-            layer.activation != MoEActivation.SILU,
-        "expert biases": bool(moe.has_bias),
-    }
-    missing = [what for what, used in checks.items() if used]
+    """What a layer asks for that the NPU MoE path does not run: the routing
+    the kit's host form runs too (:func:`vllm_plugin_kit.moe.unsupported_routing`),
+    with expert parallelism over one contiguous range of experts per rank."""
+    missing = kit_moe.unsupported_routing(layer)
     if layer.expert_map is not None and local_expert_range(layer.expert_map) is None:
         missing.append(f"expert placement {layer.expert_placement_strategy!r} (each rank "
                        "runs one contiguous range of experts: 'linear')")

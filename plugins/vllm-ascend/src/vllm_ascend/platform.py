@@ -229,6 +229,13 @@ class NPUPlatform(PluginPlatformMixin, Platform):
             raise ValueError(
                 "vllm-ascend does not run encoder-only models (BERT-style embedding "
                 "models): its attention kernels run causal decoder layers")
+        if model_config is not None and model_config.get_sliding_window() is not None:
+            # the fused attention kernels take a window (pre_tokens), which the
+            # attention backend does not pass yet
+            raise ValueError(
+                "vllm-ascend does not run sliding-window attention yet (this model's layers "
+                f"see {model_config.get_sliding_window()} positions): its attention backend "
+                "passes no window to the fused attention kernels")
         if vllm_config.speculative_config is not None:
             # the rejection sampler scores drafts with Triton kernels, which
             # need an NPU form (PyTorch or triton-ascend) this plugin lacks

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm_plugin_kit import moe
 
 
 class CpuSimRMSNorm(RMSNorm):
@@ -47,3 +48,4 @@ def register() -> None:
 
     if "RMSNorm" not in op_registry_oot:
         RMSNorm.register_oot(CpuSimRMSNorm, name="RMSNorm")
+    moe.register()  # the kit's MoE layers: vLLM leaves an out-of-tree platform's to it

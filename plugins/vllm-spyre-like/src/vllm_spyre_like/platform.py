@@ -206,6 +206,11 @@ class SpyreLikePlatform(HostPlatform):
             raise ValueError(
                 f"{DISTRIBUTION} does not run pooling models (--runner pooling, "
                 "/v1/embeddings): its schedulers and graphs are built for generation")
+        if model_config is not None and model_config.is_moe:
+            raise ValueError(
+                f"{DISTRIBUTION} does not run mixture-of-experts models: their routing "
+                "decides each expert's share of the batch at run time, and its graphs are "
+                "compiled for static shapes")
         if vllm_config.speculative_config is not None:
             raise ValueError(
                 f"{DISTRIBUTION} does not run speculative decoding (--speculative-config): "
