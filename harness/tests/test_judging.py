@@ -93,9 +93,9 @@ def test_profiles_merge_over_the_base():
     assert (static.column, static.block_size, paged.block_size) == ("p/static", 128, 64)
     assert (static.model, paged.model) == ("full", "moe")
     assert static.suites == paged.suites == ["registration", "correctness", "sampling", "engine",
-                                             "server", "robustness", "structured", "lora",
-                                             "tools", "pooling", "spec_decode",
-                                             "parallel"]
+                                             "inputs", "server", "robustness", "structured",
+                                             "lora", "tools", "model", "pooling",
+                                             "spec_decode", "parallel"]
     data["profiles"]["paged"]["suites"] = ["server", "registration", "correctness"]
     paged = parse(data, "p", "vllm-p", "1.0", "test")[1]
     assert paged.suites == ["registration", "correctness", "server"]  # in the suites' order

@@ -55,7 +55,7 @@ _FEATURES = [
     Feature("engine.preemption", "preemption under KV pressure, output unchanged"),
     Feature("engine.abort", "abort frees the request, others unchanged"),
     Feature("engine.concurrency", "48 concurrent requests equal one by one"),
-    Feature("engine.prompt_embeds", "prompt_embeds give transformers' greedy ids of the same "
+    Feature("inputs.prompt_embeds", "prompt_embeds give transformers' greedy ids of the same "
             "tokens (fp32), alone and batched with token prompts"),
     Feature("server.models", "GET /v1/models and /health"),
     Feature("server.completions", "POST /v1/completions"),

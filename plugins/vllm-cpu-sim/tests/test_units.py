@@ -68,8 +68,8 @@ def test_register_follows_selection(monkeypatch):
 
 
 def test_unsupported_attention_features_name_the_plugin():
-    with pytest.raises(NotImplementedError, match="cpu_sim attention does not support sliding"):
-        CpuSimAttentionImpl(6, 8, 1.0, 2, sliding_window=128)
+    with pytest.raises(NotImplementedError, match="cpu_sim attention does not support ALiBi"):
+        CpuSimAttentionImpl(6, 8, 1.0, 2, alibi_slopes=[1.0] * 6)
 
 
 # ---------------------------------------------------------------- custom ops

@@ -67,4 +67,4 @@ def test_unsupported_attention_features_name_the_plugin():
     from vllm_spyre_like.attention import SpyreLikeAttentionImpl
 
     with pytest.raises(NotImplementedError, match="spyre_like attention does not support"):
-        SpyreLikeAttentionImpl(6, 8, 1.0, 2, sliding_window=64)
+        SpyreLikeAttentionImpl(6, 8, 1.0, 2, alibi_slopes=[1.0] * 6)
