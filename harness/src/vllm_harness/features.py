@@ -68,7 +68,8 @@ _FEATURES = [
     Feature("server.prompt_logprobs", "prompt_logprobs: each prompt token with its logprob "
             "and rank, as echo's logprobs give them"),
     Feature("server.logit_bias", "logit_bias forces a token and bans one"),
-    Feature("server.n_streaming", "n seeded completions streamed equal the same n whole"),
+    Feature("server.n_streaming", "n sampled completions in one stream: each index's text is "
+            "its own tokens, whole, the n apart"),
     Feature("server.responses", "POST /v1/responses, whole and streamed"),
     Feature("robustness.malformed_json", "malformed JSON: 4xx, still serving"),
     Feature("robustness.unknown_model", "unknown model: 404, still serving"),
