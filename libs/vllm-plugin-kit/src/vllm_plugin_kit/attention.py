@@ -142,13 +142,11 @@ class Part:
         key = (group, window)
         if key not in self._grouped_masks:
             mask = self.mask
-            if window is not None:
+            if window is not None:  # padding rows keep their keys (they are dropped)
                 assert self.query_pos is not None, "a sliding window needs query positions"
                 keys = torch.arange(mask.shape[-1])
-                mask = mask & (keys[None, None, :] > self.query_pos[:, :, None] - window)
-                # padding rows keep their one visible key (position 0)
-                mask = mask | self.mask & (keys == 0)[None, None, :] & \
-                    ~mask.any(-1, keepdim=True)
+                mask = mask & ((keys[None, None, :] > self.query_pos[:, :, None] - window)
+                               | ~self.query_valid[:, :, None])
             r, q, s = mask.shape
             self._grouped_masks[key] = (
                 mask[:, None].expand(r, group, q, s).reshape(r, 1, group * q, s)
