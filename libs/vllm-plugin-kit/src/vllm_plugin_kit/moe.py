@@ -16,7 +16,7 @@ sums, as for any MoE layer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,17 @@ def routed_experts(x: torch.Tensor, router_logits: torch.Tensor, w13: torch.Tens
 
 
 class HostFusedMoEMethod(UnquantizedFusedMoEMethod):
-    """vLLM's unquantised MoE weights, run by :func:`routed_experts`."""
+    """vLLM's unquantised MoE weights, run by :func:`routed_experts`. A device's
+    MoE kernels subclass it: their own :meth:`unsupported`, weights and
+    ``apply_monolithic``, the same monolithic contract and refusal."""
+
+    #: how refusals name the layer's owner
+    OWNER: ClassVar[str] = "the host"
+
+    def unsupported(self, layer: RoutedExperts) -> list[str]:
+        """What ``layer`` asks for that this method does not run."""
+        return unsupported_routing(layer) + (
+            ["expert parallelism"] if layer.expert_map is not None else [])
 
     @property
     def is_monolithic(self) -> bool:
@@ -88,11 +98,9 @@ class HostFusedMoEMethod(UnquantizedFusedMoEMethod):
     def create_weights(self, layer: RoutedExperts, num_experts: int, hidden_size: int,
                        intermediate_size_per_partition: int, params_dtype: torch.dtype,
                        **extra_weight_attrs) -> None:
-        missing = unsupported_routing(layer)
-        if layer.expert_map is not None:
-            missing.append("expert parallelism")
+        missing = self.unsupported(layer)
         if missing:
-            raise NotImplementedError(f"the host MoE layer ({layer.layer_name}) does not "
+            raise NotImplementedError(f"{self.OWNER} MoE layer ({layer.layer_name}) does not "
                                       f"support {', '.join(missing)}")
         super().create_weights(layer, num_experts, hidden_size,
                                intermediate_size_per_partition, params_dtype,

@@ -39,9 +39,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
-    UnquantizedFusedMoEMethod,
-)
 from vllm_plugin_kit import moe as kit_moe
 
 from vllm_ascend import get_logger, npu_ops
@@ -124,28 +121,13 @@ def routed_experts(x: torch.Tensor, router_logits: torch.Tensor, w13_kn: torch.T
     weighted = chosen.float().view(tokens, top_k, -1) * weights.float().unsqueeze(-1)
     return weighted.sum(dim=1).to(down.dtype)
 
-class AscendFusedMoEMethod(UnquantizedFusedMoEMethod):
+class AscendFusedMoEMethod(kit_moe.HostFusedMoEMethod):
     """vLLM's unquantised MoE weights, run by the NPU's MoE kernels."""
 
-    @property
-    def is_monolithic(self) -> bool:
-        return True
+    OWNER = "vllm-ascend's"
 
-    @property
-    def supports_eplb(self) -> bool:
-        return False
-
-    def create_weights(self, layer: RoutedExperts, num_experts: int, hidden_size: int,
-                       intermediate_size_per_partition: int, params_dtype: torch.dtype,
-                       **extra_weight_attrs) -> None:
-        missing = unsupported_routing(layer)
-        if missing:
-            raise NotImplementedError(
-                f"vllm-ascend's MoE layer ({layer.layer_name}) does not support "
-                f"{', '.join(missing)}")
-        super().create_weights(layer, num_experts, hidden_size,
-                               intermediate_size_per_partition, params_dtype,
-                               **extra_weight_attrs)
+    def unsupported(self, layer: RoutedExperts) -> list[str]:
+        return unsupported_routing(layer)
 
     def process_weights_after_loading(self, layer: RoutedExperts) -> None:
         # vLLM keeps w13 as (experts, 2·intermediate, hidden) and w2 as
